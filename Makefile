@@ -1,0 +1,40 @@
+# zoo-locked: developer and CI entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: help venv test test-unit test-molecule bench demo demo-down clean
+
+help:
+	@echo "make venv       create .venv with the pinned requirements and .venv/bin/zoo-locked"
+	@echo "make test       all tests: pytest against a real ZooKeeper, then the Molecule cluster"
+	@echo "make bench      benchmarks; figures are printed and recorded in docs/benchmarks.md"
+	@echo "make demo       a local three-node demo cluster (see README.md)"
+
+$(VENV)/.done: requirements/runner.txt requirements/dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements/dev.txt
+	touch $@
+
+# The runner in a checkout is the same code the runner role installs on nodes: the launcher, with
+# plugins/module_utils linked in as the zoo_locked package.
+$(VENV)/bin/zoo-locked: $(VENV)/.done roles/runner/files/zoo-locked.py
+	mkdir -p $(VENV)/lib/zoo-locked
+	ln -sfn $(CURDIR)/plugins/module_utils $(VENV)/lib/zoo-locked/zoo_locked
+	{ echo '#!$(VENV)/bin/python'; cat roles/runner/files/zoo-locked.py; } > $@.tmp
+	chmod 0755 $@.tmp && mv $@.tmp $@
+
+venv: $(VENV)/bin/zoo-locked
+
+test: test-unit
+
+test-unit: venv
+	$(PY) -m pytest -p no:cacheprovider tests
+
+bench: venv
+	$(PY) tests/bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

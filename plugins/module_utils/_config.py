@@ -1,0 +1,162 @@
+# -*- coding: utf-8 -*-
+# Copyright: zoo-locked maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Settings shared by the runner and the modules: names, defaults, validation, precedence.
+
+Private to the collection (the leading underscore): no stability promise outside it. Only the standard
+library is imported here, so the runner starts fast and the modules' import guard stays meaningful.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import re
+
+DEFAULT_CONFIG_FILE = "/etc/zoo-locked/zoo-locked.conf"
+CONFIG_SECTION = "zoo-locked"
+
+# The settings that every entry point shares, with their defaults.
+DEFAULTS = {
+    "hosts": "127.0.0.1:2181",
+    "root": "/zoo-locked",
+    "session_timeout": 10.0,
+    "connect_timeout": 5.0,
+}
+
+# Environment variables, and the setting each one sets.
+ENVIRONMENT = {
+    "ZOO_LOCKED_HOSTS": "hosts",
+    "ZOO_LOCKED_ROOT": "root",
+    "ZOO_LOCKED_SESSION_TIMEOUT": "session_timeout",
+    "ZOO_LOCKED_CONNECT_TIMEOUT": "connect_timeout",
+}
+
+# ZooKeeper itself refuses session timeouts outside [2, 20] ticks; these bounds only catch nonsense.
+TIMEOUT_BOUNDS = {
+    "session_timeout": (1.0, 600.0),
+    "connect_timeout": (0.1, 600.0),
+}
+
+LOCK_NAME_MAX = 100
+_LOCK_NAME = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,%d}\Z" % (LOCK_NAME_MAX - 1))
+_HOST_PORT = re.compile(r"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::([0-9]{1,5}))?\Z")
+_ROOT = re.compile(r"\A(?:/[A-Za-z0-9._-]+)+\Z")
+
+
+class ConfigError(Exception):
+    """A setting is wrong: the message names where it came from and how to fix it."""
+
+
+def check_lock_name(name):
+    """Return an error message for a bad lock name, or None when the name is fine."""
+    if not isinstance(name, str) or not _LOCK_NAME.match(name) or name in (".", ".."):
+        shown = name if isinstance(name, str) and len(name) <= 120 else repr(name)[:60] + "..."
+        return (
+            "bad lock name %r: use 1-%d characters of A-Z a-z 0-9 . _ - , not starting with '.'"
+            % (shown, LOCK_NAME_MAX)
+        )
+    return None
+
+
+def check_hosts(value, where):
+    hosts = [h.strip() for h in str(value).split(",")]
+    if not value or not all(hosts):
+        raise ConfigError("%s: hosts must be a comma-separated list of HOST[:PORT], got %r" % (where, value))
+    for host in hosts:
+        m = _HOST_PORT.match(host)
+        if not m or (m.group(1) and not 0 < int(m.group(1)) < 65536):
+            raise ConfigError(
+                "%s: %r is not HOST[:PORT] (e.g. zk1.example.com:2181); hosts are comma-separated" % (where, host)
+            )
+    return ",".join(hosts)
+
+
+def check_root(value, where):
+    value = str(value)
+    if not _ROOT.match(value) or "/./" in value + "/" or "/../" in value + "/":
+        raise ConfigError(
+            "%s: root must be an absolute ZooKeeper path like /zoo-locked (segments of A-Z a-z 0-9 . _ -, "
+            "no trailing slash, no . or ..), got %r" % (where, value)
+        )
+    return value
+
+
+def check_seconds(value, where, low=0.0, high=None):
+    """A non-negative number of seconds (int, float or a string of one)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError("%s: expected a number of seconds, got %r" % (where, value))
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ConfigError("%s: expected a finite number of seconds, got %r" % (where, value))
+    if seconds < low or (high is not None and seconds > high):
+        bounds = "at least %g" % low if high is None else "between %g and %g" % (low, high)
+        raise ConfigError("%s: must be %s seconds, got %r" % (where, bounds, value))
+    return seconds
+
+
+def check_setting(key, value, where):
+    if key == "hosts":
+        return check_hosts(value, where)
+    if key == "root":
+        return check_root(value, where)
+    low, high = TIMEOUT_BOUNDS[key]
+    return check_seconds(value, where, low, high)
+
+
+def read_config_file(path, required):
+    """Settings from an INI file with one [zoo-locked] section; {} when it is absent and not required."""
+    try:
+        with open(path, "r") as handle:
+            text = handle.read()
+    except (IOError, OSError) as exc:
+        if not required and getattr(exc, "errno", None) == 2:
+            return {}
+        raise ConfigError("config file %s: cannot read it (%s)" % (path, exc.strerror or exc))
+    try:
+        import configparser
+    except ImportError:  # pragma: no cover - Python 2 is not supported by the runner
+        raise ConfigError("config file %s: Python 3 is required" % path)
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise ConfigError("config file %s: not a valid INI file: %s" % (path, str(exc).splitlines()[0]))
+    extra = [s for s in parser.sections() if s != CONFIG_SECTION]
+    if extra or not parser.has_section(CONFIG_SECTION):
+        raise ConfigError(
+            "config file %s: expected exactly one section [%s]%s"
+            % (path, CONFIG_SECTION, ", found [%s]" % "], [".join(extra) if extra else "")
+        )
+    settings = {}
+    for key, value in parser.items(CONFIG_SECTION):
+        if key not in DEFAULTS:
+            raise ConfigError(
+                "config file %s: unknown key %r in [%s]; known keys: %s"
+                % (path, key, CONFIG_SECTION, ", ".join(sorted(DEFAULTS)))
+            )
+        settings[key] = check_setting(key, value, "config file %s: %s" % (path, key))
+    return settings
+
+
+def resolve(flags, environ=None):
+    """Settings by precedence: defaults, then the config file, then the environment, then flags.
+
+    ``flags`` maps setting names to values given on the command line (None when not given), plus
+    ``config`` for --config. Raises ConfigError for anything wrong in the file or the environment.
+    """
+    environ = os.environ if environ is None else environ
+    settings = dict(DEFAULTS)
+    path = flags.get("config") or environ.get("ZOO_LOCKED_CONFIG")
+    settings.update(read_config_file(path or DEFAULT_CONFIG_FILE, required=bool(path)))
+    for variable, key in ENVIRONMENT.items():
+        value = environ.get(variable)
+        if value is not None and value != "":
+            settings[key] = check_setting(key, value, "environment variable %s" % variable)
+    for key in DEFAULTS:
+        if flags.get(key) is not None:
+            settings[key] = flags[key]
+    settings["config"] = path
+    return settings

@@ -1,0 +1,421 @@
+# -*- coding: utf-8 -*-
+# Copyright: zoo-locked maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The zoo-locked lock protocol: the one implementation used by the runner and the modules.
+
+Layout (docs/architecture.md describes it for other tools)::
+
+    ROOT/locks/NAME                              persistent, one per lock name
+    ROOT/locks/NAME/<uuid4-hex>__lock__<seq>     ephemeral sequential, one per contender
+
+Contender names follow kazoo's Lock recipe, so kazoo's ``Lock(client, ROOT/locks/NAME).contenders()`` reads
+them and a kazoo Lock on the same path queues fairly with zoo-locked. The contender with the lowest
+sequence number holds the lock; each waiter watches only its predecessor. A contender's data is a small
+JSON document (host, pid, owner, purpose, started, kind). The fencing token of a holder is its contender
+node's czxid: ZooKeeper's transaction ids grow strictly across the whole ensemble, so the token grows with
+every new holder even if the lock's parent node is removed and made again.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+from ._zk import ZooError
+
+try:
+    from kazoo.exceptions import ConnectionLoss, NoNodeError, NotEmptyError, SessionExpiredError
+    from kazoo.protocol.states import KazooState
+except ImportError:  # reported by the caller through _zk.HAS_KAZOO
+    pass
+
+NODE_MARK = "__lock__"
+FORMAT_VERSION = 1
+
+
+class LockHeld(Exception):
+    """The lock is held by someone else and the wait ran out."""
+
+    def __init__(self, name, holder):
+        self.name = name
+        self.holder = holder
+        Exception.__init__(self, "lock %s is held by %s" % (name, describe_contender(holder)))
+
+
+class LockLost(Exception):
+    """The lock was held and is not any more (session expired, node deleted)."""
+
+
+def lock_path(root, name):
+    return "%s/locks/%s" % (root, name)
+
+
+def sequence(node):
+    """The sequence number of a contender node name, or None for a node that is not a contender."""
+    at = node.rfind(NODE_MARK)
+    if at < 0:
+        return None
+    try:
+        return int(node[at + len(NODE_MARK):])
+    except ValueError:
+        return None
+
+
+def utc_now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def contender_data(owner, purpose, kind="run", **extra):
+    """The JSON document a contender node carries."""
+    data = {
+        "v": FORMAT_VERSION,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "owner": owner,
+        "purpose": purpose,
+        "started": utc_now(),
+        "kind": kind,
+    }
+    data.update(extra)
+    return data
+
+
+class Contender:
+    """One node in a lock's queue, as read back from ZooKeeper."""
+
+    def __init__(self, node, data, stat):
+        self.node = node
+        self.seq = sequence(node)
+        self.token = stat.czxid if stat is not None else None
+        self.since = stat.ctime / 1000.0 if stat is not None else None
+        try:
+            parsed = json.loads(data.decode("utf-8")) if data else {}
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            # A kazoo Lock stores a free-form identifier: show it rather than fail.
+            parsed = {"identifier": data.decode("utf-8", "replace") if data else ""}
+        self.data = parsed
+
+    def as_dict(self):
+        info = {
+            "host": self.data.get("host"),
+            "pid": self.data.get("pid"),
+            "owner": self.data.get("owner"),
+            "purpose": self.data.get("purpose"),
+            "kind": self.data.get("kind"),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since)) if self.since else None,
+            "token": self.token,
+            "node": self.node,
+        }
+        for key in ("expires_at", "identifier"):
+            if key in self.data:
+                info[key] = self.data[key]
+        return info
+
+
+def describe_contender(contender):
+    if contender is None:
+        return "an unknown holder (it went away while we looked)"
+    d = contender.as_dict()
+    return "%s (host %s, pid %s, purpose %s, since %s, token %s)" % (
+        d.get("owner") or "?",
+        d.get("host") or "?",
+        d.get("pid") or "?",
+        d.get("purpose") or "-",
+        d.get("since") or "?",
+        d.get("token"),
+    )
+
+
+def read_contenders(session, path, timeout):
+    """The contenders of a lock, holder first; [] when the lock node does not exist."""
+    deadline = time.monotonic() + timeout
+    client = session.client
+    try:
+        children = session.call("listing %s" % path, client.get_children_async(path), deadline - time.monotonic())
+    except NoNodeError:
+        return []
+    nodes = sorted((c for c in children if sequence(c) is not None), key=sequence)
+    pending = [(node, client.get_async("%s/%s" % (path, node))) for node in nodes]
+    result = []
+    for node, answer in pending:
+        try:
+            data, stat = session.call("reading %s/%s" % (path, node), answer, deadline - time.monotonic())
+        except NoNodeError:
+            continue  # it left between the listing and the read
+        result.append(Contender(node, data, stat))
+    return result
+
+
+def list_lock_names(session, root, timeout):
+    try:
+        children = session.call("listing %s/locks" % root, session.client.get_children_async(root + "/locks"), timeout)
+    except NoNodeError:
+        return []
+    return sorted(children)
+
+
+def status(session, root, names, timeout):
+    """Holder and waiters of the named locks (all locks under the root when names is empty)."""
+    deadline = time.monotonic() + timeout
+    names = list(names) or list_lock_names(session, root, timeout)
+    locks = []
+    for name in names:
+        contenders = read_contenders(session, lock_path(root, name), deadline - time.monotonic())
+        locks.append(
+            {
+                "name": name,
+                "holder": contenders[0].as_dict() if contenders else None,
+                "waiters": [c.as_dict() for c in contenders[1:]],
+            }
+        )
+    return locks
+
+
+class Lock:
+    """One attempt to hold a lock, from a connected Session.
+
+    ``acquire`` either returns with the lock held (``token``, ``path`` set) or raises LockHeld (the wait
+    ran out; our contender node has been withdrawn), LockLost or ZooError. ``release`` deletes the
+    contender node. Nothing here retries forever: every call is bounded by the wait or the op timeout.
+    """
+
+    def __init__(self, session, root, name, data):
+        self.session = session
+        self.name = name
+        self.dir = lock_path(root, name)
+        self.data = json.dumps(data, sort_keys=True).encode("utf-8")
+        self.prefix = uuid.uuid4().hex + NODE_MARK
+        self.node = None
+        self.path = None
+        self.token = None
+        self.last_ok = None  # monotonic send time of the last request the server answered
+
+    @property
+    def op_timeout(self):
+        # No answer within a session timeout means the session is as good as gone.
+        return self.session.session_timeout
+
+    def _create(self):
+        client = self.session.client
+        deadline = time.monotonic() + self.op_timeout
+        while True:
+            try:
+                path, stat = self.session.call(
+                    "creating a contender under %s" % self.dir,
+                    client.create_async(
+                        self.dir + "/" + self.prefix,
+                        self.data,
+                        ephemeral=True,
+                        sequence=True,
+                        makepath=True,
+                        include_data=True,
+                    ),
+                    deadline - time.monotonic(),
+                )
+                return path, stat
+            except ConnectionLoss:
+                # The create may have gone through before the connection dropped: look for our node.
+                if time.monotonic() >= deadline:
+                    raise ZooError("lost the connection to ZooKeeper while queueing for %s" % self.name)
+                found = self._find_own(deadline)
+                if found:
+                    return found
+
+    def _find_own(self, deadline):
+        client = self.session.client
+        while time.monotonic() < deadline:
+            try:
+                children = self.session.call(
+                    "listing %s" % self.dir, client.get_children_async(self.dir), deadline - time.monotonic()
+                )
+            except ConnectionLoss:
+                time.sleep(0.05)
+                continue
+            except NoNodeError:
+                return None
+            for child in children:
+                if child.startswith(self.prefix):
+                    path = self.dir + "/" + child
+                    stat = self.session.call("reading %s" % path, client.exists_async(path), deadline - time.monotonic())
+                    return (path, stat) if stat else None
+            return None
+        raise ZooError("lost the connection to ZooKeeper while queueing for %s" % self.name)
+
+    def acquire(self, wait, on_wait=None):
+        """Queue for the lock and return once held; give up after ``wait`` seconds (0: do not wait)."""
+        client = self.session.client
+        deadline = time.monotonic() + wait
+        self.path, stat = self._create()
+        self.node = self.path.rsplit("/", 1)[1]
+        self.token = stat.czxid
+        wake = threading.Event()
+
+        def on_state(state):
+            wake.set()
+
+        client.add_listener(on_state)
+        told = False
+        try:
+            while True:
+                wake.clear()
+                sent = time.monotonic()
+                children = self.session.call(
+                    "listing %s" % self.dir, client.get_children_async(self.dir), self.op_timeout
+                )
+                queue = sorted((c for c in children if sequence(c) is not None), key=sequence)
+                if self.node not in queue:
+                    raise LockLost("our contender node %s disappeared while queueing" % self.path)
+                at = queue.index(self.node)
+                if at == 0:
+                    self.last_ok = sent
+                    return self.token
+                if time.monotonic() >= deadline:
+                    holder = self._holder(queue[0])
+                    self.withdraw()
+                    raise LockHeld(self.name, holder)
+                predecessor = "%s/%s" % (self.dir, queue[at - 1])
+                if self.session.call(
+                    "watching %s" % predecessor,
+                    client.exists_async(predecessor, watch=lambda event: wake.set()),
+                    self.op_timeout,
+                ) is None:
+                    continue
+                if not told and on_wait is not None:
+                    told = True
+                    on_wait(self._holder(queue[0]))
+                wake.wait(max(0.0, deadline - time.monotonic()))
+                if not client.connected and time.monotonic() < deadline:
+                    # Suspended: wait (bounded) for the connection to come back before listing again.
+                    wake.clear()
+                    wake.wait(min(self.op_timeout, max(0.0, deadline - time.monotonic())))
+        except LockHeld:
+            raise
+        except BaseException:
+            self.withdraw(timeout=1.0)  # best effort: closing the session removes the node too
+            raise
+        finally:
+            client.remove_listener(on_state)
+
+    def _holder(self, node):
+        path = "%s/%s" % (self.dir, node)
+        try:
+            data, stat = self.session.call("reading %s" % path, self.session.client.get_async(path), self.op_timeout)
+        except NoNodeError:
+            return None
+        return Contender(node, data, stat)
+
+    def withdraw(self, timeout=None):
+        """Delete our contender node (held or queued). False when it was already gone or no server answered."""
+        if self.path is None:
+            return False
+        timeout = self.op_timeout if timeout is None else timeout
+        try:
+            self.session.call("deleting %s" % self.path, self.session.client.delete_async(self.path), timeout)
+            return True
+        except NoNodeError:
+            return False
+        except (ZooError, ConnectionLoss, SessionExpiredError):
+            return False
+        finally:
+            self.path = None
+
+    release = withdraw
+
+    def prune(self, timeout=1.0):
+        """Remove the lock's parent node if nobody queues on it any more (best effort)."""
+        try:
+            self.session.call("pruning %s" % self.dir, self.session.client.delete_async(self.dir), timeout)
+        except (NoNodeError, NotEmptyError, ZooError, ConnectionLoss, SessionExpiredError):
+            pass
+
+
+class Guard:
+    """Watches a held lock from a thread and tells when it is, or may be, lost.
+
+    Every ``interval`` it asks the server whether our contender node still exists. ``last_ok`` is the
+    monotonic time at which the last answered request was *sent*: the server heard from us no earlier
+    than that, so our session cannot expire on the server before ``last_ok + session_timeout``. The
+    caller stops its work well before that moment. ``lost`` is set (with ``reason``) when the node is
+    gone or the session has expired; ``notify`` is called on every change worth waking up for.
+    """
+
+    def __init__(self, lock, notify, interval=None):
+        self.lock = lock
+        self.session = lock.session
+        self.notify = notify
+        self.last_ok = lock.last_ok if lock.last_ok is not None else time.monotonic()
+        self.interval = interval or max(0.1, self.session.session_timeout / 10.0)
+        self.lost = threading.Event()
+        self.reason = None
+        self.connected = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zoo-locked-guard")
+        self._thread.daemon = True
+
+    @property
+    def deadline(self):
+        """The earliest moment (monotonic) at which the server could expire our session."""
+        return self.last_ok + self.session.session_timeout
+
+    def start(self):
+        self.session.client.add_listener(self._on_state)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        try:
+            self.session.client.remove_listener(self._on_state)
+        except Exception:
+            pass
+
+    def _lose(self, reason):
+        if not self.lost.is_set():
+            self.reason = reason
+            self.lost.set()
+            self.notify()
+
+    def _on_state(self, state):
+        if state == KazooState.LOST:
+            self._lose("the ZooKeeper session expired")
+        else:
+            self.connected = state == KazooState.CONNECTED
+            self.notify()
+
+    def _run(self):
+        client = self.session.client
+        path = self.lock.path
+        while not self._stop.is_set() and not self.lost.is_set():
+            sent = time.monotonic()
+            answer = client.exists_async(path)
+            # Wait for this answer (however long it takes) before asking again: no pile-up.
+            while not answer.ready() and not self._stop.is_set():
+                answer.wait(self.interval)
+            if self._stop.is_set():
+                return
+            try:
+                stat = answer.get(timeout=0)
+            except (ConnectionLoss, ZooError):
+                stat = True  # no answer: last_ok stays where it was
+                answer = None
+            except SessionExpiredError:
+                self._lose("the ZooKeeper session expired")
+                return
+            except Exception as exc:  # any other failure: count it as no answer, say why when verbose
+                stat, answer = True, None
+                self.reason = "heartbeat failed: %s" % exc
+            if answer is not None:
+                if stat is None:
+                    self._lose("our lock node %s was deleted by someone else" % path)
+                    return
+                if sent > self.last_ok:
+                    self.last_ok = sent
+                    self.notify()
+            self._stop.wait(max(0.0, sent + self.interval - time.monotonic()))

@@ -1,0 +1,583 @@
+# -*- coding: utf-8 -*-
+# Copyright: zoo-locked maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The zoo-locked command: run a command on one node of a cluster at a time.
+
+It lives in module_utils so that the runner role can install the very code the modules use (one lock
+protocol, never two copies); on a node it is the package ``zoo_locked``. It imports kazoo only when it
+has to talk to ZooKeeper, so that ``--help`` and usage errors are instant.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import os
+import signal
+import sys
+import time
+
+from . import _config
+
+VERSION = "0.1.0"
+
+# Exit codes (sysexits.h where one fits; documented in --help and README.md).
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_SOFTWARE_LOST = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+EX_TIMEOUT = 124
+EX_NOEXEC = 126
+EX_NOTFOUND = 127
+
+MAX_SECONDS = 31 * 24 * 3600  # nothing this tool waits for takes longer than a month
+
+EXIT_CODES = """exit codes:
+  COMMAND's own   COMMAND ran (128+N if it died from signal N)
+  64              bad usage, bad lock name, unknown option
+  69              ZooKeeper unreachable within the connect timeout (nothing run)
+  70              lock lost while COMMAND ran (COMMAND stopped)
+  75              lock held elsewhere past --wait (nothing run)
+  78              bad or unreadable configuration (file or environment)
+  124             --timeout reached (COMMAND stopped)
+  126 / 127       COMMAND not executable / not found
+
+configuration: defaults, then /etc/zoo-locked/zoo-locked.conf (or --config / ZOO_LOCKED_CONFIG), then the
+environment (ZOO_LOCKED_HOSTS, ZOO_LOCKED_ROOT, ZOO_LOCKED_SESSION_TIMEOUT, ZOO_LOCKED_CONNECT_TIMEOUT),
+then the options. The file is INI with one section [zoo-locked] and the keys hosts, root,
+session_timeout and connect_timeout."""
+
+# Session safety: with no answer from ZooKeeper for this share of the session timeout the command is sent
+# SIGTERM, and at the second share SIGKILL, so it is dead well before the server can expire the session
+# (after a full session timeout) and hand the lock to another node.
+TERM_SHARE = 0.5
+KILL_SHARE = 0.75
+
+
+class UsageError(Exception):
+    pass
+
+
+class Interrupted(Exception):
+    def __init__(self, signum):
+        Exception.__init__(self, signum)
+        self.signum = signum
+
+
+class Log:
+    """One line per event on stderr (and syslog with --syslog): ``zoo-locked: EVENT key=value ...``."""
+
+    def __init__(self, use_syslog=False):
+        self.syslog = None
+        if use_syslog:
+            import syslog
+
+            syslog.openlog("zoo-locked", syslog.LOG_PID, syslog.LOG_CRON)
+            self.syslog = syslog
+
+    @staticmethod
+    def _value(value):
+        if isinstance(value, float):
+            return "%.3fs" % value
+        text = str(value)
+        if not text or any(c in text for c in " \t\n\"'=\\"):
+            import json
+
+            return json.dumps(text)
+        return text
+
+    def __call__(self, event, **fields):
+        line = "zoo-locked: " + event
+        for key, value in fields.items():
+            if value is not None:
+                line += " %s=%s" % (key, self._value(value))
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (IOError, OSError):
+            pass
+        if self.syslog is not None:
+            level = self.syslog.LOG_ERR if event in ("error", "lost") else self.syslog.LOG_INFO
+            if event in ("skipped", "stopping"):
+                level = self.syslog.LOG_WARNING
+            self.syslog.syslog(level, line[len("zoo-locked: "):])
+
+
+def _parser():
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UsageError("%s\n%s" % (message, self.format_usage().rstrip()))
+
+    def seconds(positive=False):
+        def parse(text):
+            try:
+                value = float(text)
+            except ValueError:
+                value = -1.0
+            if not 0 <= value <= MAX_SECONDS or (positive and value == 0):
+                raise argparse.ArgumentTypeError(
+                    "expected a number of seconds %s %d, got %r"
+                    % ("greater than 0 and at most" if positive else "from 0 to", MAX_SECONDS, text)
+                )
+            return value
+
+        return parse
+
+    def connection(sub):
+        group = sub.add_argument_group("connection (also from the config file and the environment)")
+        group.add_argument("--hosts", metavar="H:P,...", help="ZooKeeper servers, comma-separated")
+        group.add_argument("--root", metavar="PATH", help="root of the lock tree (default /zoo-locked)")
+        group.add_argument("--session-timeout", metavar="SECONDS", dest="session_timeout",
+                           help="ZooKeeper session timeout (default 10)")
+        group.add_argument("--connect-timeout", metavar="SECONDS", dest="connect_timeout",
+                           help="give up when no server answers within this (default 5)")
+        group.add_argument("--config", metavar="FILE", help="config file (default /etc/zoo-locked/zoo-locked.conf)")
+        group.add_argument("--verbose", action="store_true", help="also show kazoo's own log")
+
+    parser = Parser(
+        prog="zoo-locked",
+        description="Run a command on exactly one node of a cluster at a time, under a ZooKeeper lock.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version="zoo-locked " + VERSION)
+    subs = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    run = subs.add_parser(
+        "run",
+        help="run COMMAND while holding the lock NAME",
+        usage="zoo-locked run NAME [options] -- COMMAND [ARG...]",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("name", metavar="NAME", help="lock name: 1-100 of A-Z a-z 0-9 . _ -, not starting with '.'")
+    run.add_argument("--wait", type=seconds(), default=0.0, metavar="SECONDS",
+                     help="wait this long for a held lock (default 0: skip at once, exit 75)")
+    run.add_argument("--timeout", type=seconds(positive=True), metavar="SECONDS",
+                     help="longest run: then SIGTERM to COMMAND's process group (exit 124)")
+    run.add_argument("--kill-after", type=seconds(), default=10.0, metavar="SECONDS", dest="kill_after",
+                     help="SIGKILL this long after a SIGTERM that was not obeyed (default 10)")
+    run.add_argument("--owner", help="who runs it, shown to others (default: the user name)")
+    run.add_argument("--purpose", help="free text shown to others (default: the command line)")
+    run.add_argument("--syslog", action="store_true", help="log events to syslog (facility cron) too")
+    connection(run)
+    status = subs.add_parser(
+        "status",
+        help="show holders and waiters",
+        usage="zoo-locked status [NAME...] [--json] [options]",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("names", nargs="*", metavar="NAME", help="locks to show (default: all)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    connection(status)
+    return parser
+
+
+def parse(argv):
+    """(options, command) from the arguments; raises UsageError."""
+    command = None
+    if argv and argv[0] == "run":
+        if "--" not in argv:
+            if any(a in ("-h", "--help") for a in argv):
+                _parser().parse_args(argv)
+            raise UsageError(
+                "missing '--' before COMMAND\nusage: zoo-locked run NAME [options] -- COMMAND [ARG...]"
+            )
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1:]
+        if not command:
+            raise UsageError("no COMMAND after '--'\nusage: zoo-locked run NAME [options] -- COMMAND [ARG...]")
+    options = _parser().parse_args(argv)
+    if options.subcommand is None:
+        raise UsageError("a subcommand is needed: run or status (see zoo-locked --help)")
+    names = [options.name] if options.subcommand == "run" else options.names
+    for name in names:
+        problem = _config.check_lock_name(name)
+        if problem:
+            raise UsageError(problem)
+    for key in ("hosts", "root", "session_timeout", "connect_timeout"):
+        value = getattr(options, key)
+        if value is not None:
+            try:
+                setattr(options, key, _config.check_setting(key, value, "--" + key.replace("_", "-")))
+            except _config.ConfigError as exc:
+                raise UsageError(str(exc))
+    return options, command
+
+
+def _settings(options):
+    flags = dict((key, getattr(options, key)) for key in _config.DEFAULTS)
+    flags["config"] = options.config
+    return _config.resolve(flags)
+
+
+def _check_command(command):
+    """(exit code, message) when COMMAND cannot run, else None; checked before taking the lock."""
+    exe = command[0]
+    if "/" in exe:
+        if not os.path.exists(exe):
+            return EX_NOTFOUND, "command not found: %s" % exe
+        if os.path.isdir(exe) or not os.access(exe, os.X_OK):
+            return EX_NOEXEC, "command not executable: %s" % exe
+        return None
+    import shutil
+
+    if shutil.which(exe) is None:
+        return EX_NOTFOUND, "command not found in PATH: %s" % exe
+    return None
+
+
+def _open_session(settings, log, name=None):
+    from ._zk import Session, ZooUnavailable, quiet_kazoo  # noqa: F401 - kazoo is imported here
+
+    quiet_kazoo(settings.get("verbose"))
+    session = Session(settings["hosts"], settings["session_timeout"], settings["connect_timeout"])
+    session.start()
+    return session
+
+
+def _guardian():
+    """Fork a tiny process that SIGKILLs COMMAND's process group if the runner dies without saying "done".
+
+    It is forked before any kazoo thread exists. The runner writes the group id to the pipe once COMMAND
+    runs and "done" when it has reaped it; EOF without "done" means the runner was killed (SIGKILL), and
+    then nothing else would stop COMMAND, whose lock frees when the session expires.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the guardian
+        try:
+            os.close(write_end)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+                signal.signal(signum, signal.SIG_IGN)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)  # do not keep cron's output pipe open
+            data = b""
+            while True:
+                chunk = os.read(read_end, 64)
+                if not chunk:
+                    break
+                data += chunk
+            lines = data.split(b"\n")
+            if b"done" not in lines and lines[0].isdigit():
+                os.killpg(int(lines[0]), signal.SIGKILL)
+        except BaseException:
+            pass
+        os._exit(0)
+    os.close(read_end)
+    return pid, write_end
+
+
+class Runner:
+    def __init__(self, options, command, settings, log):
+        self.options = options
+        self.command = command
+        self.settings = settings
+        self.log = log
+        self.name = options.name
+        self.host = None
+        self.session = None
+        self.lock = None
+
+    def main(self):
+        import socket
+
+        options, log = self.options, self.log
+        self.host = socket.gethostname()
+        problem = _check_command(self.command)
+        if problem:
+            log("error", name=self.name, host=self.host, reason=problem[1])
+            return problem[0]
+        guardian_pid, self.guardian = _guardian()
+        interrupted = []
+
+        def interrupt(signum, frame):
+            interrupted.append(signum)
+            raise Interrupted(signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, interrupt)
+        try:
+            return self._locked()
+        except Interrupted as exc:
+            log("stopping", name=self.name, host=self.host, reason="signal %d before COMMAND started" % exc.signum)
+            return 128 + exc.signum
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
+            if self.lock is not None and self.lock.path is not None:
+                self.lock.withdraw(timeout=min(2.0, self.session.session_timeout))
+            if self.session is not None:
+                self.session.close(timeout=2.0)
+            try:
+                os.write(self.guardian, b"\ndone\n")
+                os.close(self.guardian)
+            except OSError:
+                pass
+
+    def _locked(self):
+        from ._zk import ZooError, ZooUnavailable
+        from ._lock import Lock, LockHeld, LockLost, contender_data, describe_contender
+
+        options, log, settings = self.options, self.log, self.settings
+        started = time.monotonic()
+        try:
+            self.session = _open_session(settings, log)
+        except ZooUnavailable as exc:
+            log("error", name=self.name, host=self.host, reason=str(exc))
+            return EX_UNAVAILABLE
+        owner = options.owner
+        if owner is None:
+            import getpass
+
+            try:
+                owner = getpass.getuser()
+            except Exception:
+                owner = str(os.getuid())
+        purpose = options.purpose if options.purpose is not None else " ".join(self.command)[:200]
+        self.lock = Lock(self.session, settings["root"], self.name, contender_data(owner, purpose, kind="run"))
+
+        def waiting(holder):
+            log("waiting", name=self.name, host=self.host, holder=describe_contender(holder), wait=options.wait)
+
+        try:
+            token = self.lock.acquire(options.wait, on_wait=waiting)
+        except LockHeld as exc:
+            log("skipped", name=self.name, host=self.host, holder=describe_contender(exc.holder),
+                waited=time.monotonic() - started)
+            return EX_TEMPFAIL
+        except (ZooError, LockLost) as exc:
+            log("error", name=self.name, host=self.host, reason="while taking the lock: %s" % exc)
+            return EX_UNAVAILABLE
+        held_since = time.monotonic()
+        log("acquired", name=self.name, host=self.host, token=token, waited=held_since - started,
+            session_timeout=self.session.session_timeout)
+        code = Supervisor(self).run(token)
+        released = self.lock.release(timeout=min(2.0, self.session.session_timeout))
+        log("released", name=self.name, host=self.host, token=token, held=time.monotonic() - held_since,
+            exit=code, **({} if released else {"note": "the lock node was already gone or ZooKeeper did not answer"}))
+        return code
+
+
+class Supervisor:
+    """Runs COMMAND in its own process group and watches it, the clock, signals and the session."""
+
+    RANK = {"signal": 0, "timeout": 1, "lost": 2}  # the strongest reason decides the exit code
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.log = runner.log
+        self.options = runner.options
+        self.session = runner.session
+        self.pgid = None
+        self.stopping = None  # why COMMAND is being stopped: "signal", "timeout" or "lost"
+        self.termed = False
+        self.kill_at = None
+        self.killed = False
+
+    def _signal_group(self, signum):
+        try:
+            os.killpg(self.pgid, signum)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    def _stop(self, why, kill_at, signum=signal.SIGTERM, **fields):
+        """Stop COMMAND for a reason: one SIGTERM (signals received are all passed on), SIGKILL at kill_at."""
+        if self.stopping is None or self.RANK[why] > self.RANK[self.stopping]:
+            self.stopping = why
+            self.log("stopping", name=self.runner.name, host=self.runner.host, reason=why,
+                     signal=signal.Signals(signum).name, kill_in=max(0.0, kill_at - time.monotonic()), **fields)
+        if why == "signal" or not self.termed:
+            self._signal_group(signum)
+            self.termed = self.termed or why != "signal"
+        if self.kill_at is None or kill_at < self.kill_at:
+            self.kill_at = kill_at
+
+    def run(self, token):
+        import subprocess
+        from ._lock import Guard
+
+        runner, options = self.runner, self.options
+        session_timeout = self.session.session_timeout
+        wake_read, wake_write = os.pipe()
+        for fd in (wake_read, wake_write):
+            os.set_blocking(fd, False)
+
+        def ping():
+            try:
+                os.write(wake_write, b"\0")
+            except OSError:
+                pass
+
+        def nothing(signum, frame):
+            pass  # the signal number arrives through the wakeup pipe
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, nothing)
+        old_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        env = dict(os.environ)
+        env["ZOO_LOCKED_NAME"] = runner.name
+        env["ZOO_LOCKED_HOLDER"] = "%s:%d" % (runner.host, os.getpid())
+        env["ZOO_LOCKED_TOKEN"] = str(token)
+        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        guard = terminal = None
+        try:
+            try:
+                proc = subprocess.Popen(runner.command, env=env, **group)
+            except OSError as exc:
+                self.log("error", name=runner.name, host=runner.host,
+                         reason="cannot run %s: %s" % (runner.command[0], exc.strerror))
+                return EX_NOTFOUND if exc.errno == errno.ENOENT else EX_NOEXEC
+            self.pgid = proc.pid
+            os.write(runner.guardian, b"%d\n" % proc.pid)
+            terminal = _give_terminal(proc.pid)
+            guard = Guard(runner.lock, ping)
+            guard.start()
+            timeout_at = time.monotonic() + options.timeout if options.timeout else None
+            while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                now = time.monotonic()
+                try:
+                    received = os.read(wake_read, 512)
+                except BlockingIOError:
+                    received = b""
+                for signum in bytearray(received):
+                    if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                        self._stop("signal", now + options.kill_after, signum, received=signal.Signals(signum).name)
+                # Session safety, counted from the last answer the server gave, not from when we noticed.
+                silent_term = guard.last_ok + TERM_SHARE * session_timeout
+                silent_kill = guard.last_ok + KILL_SHARE * session_timeout
+                if guard.lost.is_set():
+                    self._stop("lost", min(now + min(options.kill_after, 0.25 * session_timeout), silent_kill),
+                               detail=guard.reason)
+                elif now >= silent_term:
+                    self._stop("lost", silent_kill, detail="no answer from ZooKeeper for %.1fs of a %.1fs session"
+                               % (now - guard.last_ok, session_timeout))
+                if timeout_at is not None and now >= timeout_at:
+                    self._stop("timeout", now + options.kill_after, timeout=options.timeout)
+                if self.kill_at is not None and now >= self.kill_at and not self.killed:
+                    self.killed = True
+                    self._signal_group(signal.SIGKILL)
+                # Sleep until something happens: a signal (SIGCHLD too), a guard report, or the next deadline.
+                upcoming = [t for t in (silent_term, silent_kill, timeout_at, None if self.killed else self.kill_at)
+                            if t is not None and t > now]
+                _wait_readable(wake_read, min([guard.interval] + [t - now for t in upcoming]))
+            # COMMAND's leader has exited but is not reaped yet, so its group id cannot be reused: leftovers of
+            # its group would run without the lock, so they go too.
+            self._signal_group(signal.SIGKILL)
+            returncode = proc.wait()
+        finally:
+            if guard is not None:
+                guard.stop()
+            _take_terminal(terminal)
+            signal.set_wakeup_fd(old_wakeup)
+            for fd in (wake_read, wake_write):
+                os.close(fd)
+        code = 128 - returncode if returncode < 0 else returncode
+        if self.stopping == "lost":
+            self.log("lost", name=runner.name, host=runner.host, token=token,
+                     reason=guard.reason or "no answer from ZooKeeper", command_exit=code)
+            return EX_SOFTWARE_LOST
+        if self.stopping == "timeout":
+            return EX_TIMEOUT
+        return code
+
+
+def _wait_readable(fd, delay):
+    import select
+
+    try:
+        select.select([fd], [], [], delay)
+    except InterruptedError:
+        pass
+
+
+def _give_terminal(pgid):
+    """Make COMMAND's group the terminal's foreground group, as a shell would, so it can read the terminal."""
+    try:
+        if not os.isatty(0) or os.tcgetpgrp(0) != os.getpgrp():
+            return None
+        os.tcsetpgrp(0, pgid)
+        return os.getpgrp()
+    except OSError:
+        return None
+
+
+def _take_terminal(pgid):
+    if pgid is None:
+        return
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, old)
+
+
+def status(options, settings, log):
+    from ._zk import ZooError, ZooUnavailable
+    from ._lock import status as lock_status
+
+    try:
+        session = _open_session(settings, log)
+    except ZooUnavailable as exc:
+        log("error", reason=str(exc))
+        return EX_UNAVAILABLE
+    try:
+        locks = lock_status(session, settings["root"], options.names, session.session_timeout)
+    except ZooError as exc:
+        log("error", reason=str(exc))
+        return EX_UNAVAILABLE
+    finally:
+        session.close(timeout=2.0)
+    if options.json:
+        import json
+
+        json.dump({"root": settings["root"], "locks": locks}, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    if not locks:
+        sys.stdout.write("no locks under %s\n" % settings["root"])
+    for lock in locks:
+        rows = ([("held", lock["holder"])] if lock["holder"] else [("free", None)]) + [("waiting", w) for w in lock["waiters"]]
+        for state, who in rows:
+            if who is None:
+                sys.stdout.write("%-30s %s\n" % (lock["name"], state))
+            else:
+                sys.stdout.write(
+                    "%-30s %-8s host=%s pid=%s owner=%s since=%s token=%s purpose=%s\n"
+                    % (lock["name"], state, who["host"], who["pid"], who["owner"], who["since"], who["token"],
+                       Log._value(who["purpose"] or "-"))
+                )
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        options, command = parse(argv)
+    except UsageError as exc:
+        sys.stderr.write("zoo-locked: %s\n" % exc)
+        return EX_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code or 0
+    log = Log(getattr(options, "syslog", False))
+    try:
+        settings = _settings(options)
+    except _config.ConfigError as exc:
+        log("error", reason=str(exc))
+        return EX_CONFIG
+    settings["verbose"] = options.verbose
+    if options.subcommand == "status":
+        return status(options, settings, log)
+    return Runner(options, command, settings, log).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

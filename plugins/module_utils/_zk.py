@@ -1,0 +1,134 @@
+# -*- coding: utf-8 -*-
+# Copyright: zoo-locked maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One ZooKeeper connection helper for the runner and the modules.
+
+Every call that talks to ZooKeeper is bounded here: kazoo's synchronous calls wait for as long as the
+client is reconnecting, and ``KazooClient.stop()`` can block for ten seconds or more while no server
+answers. A lock tool that hangs when ZooKeeper is gone is worse than one that fails.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import logging
+import threading
+import time
+
+try:
+    from kazoo.client import KazooClient
+    from kazoo.handlers.threading import KazooTimeoutError
+    from kazoo.retry import KazooRetry
+
+    HAS_KAZOO = True
+    KAZOO_IMPORT_ERROR = None
+except ImportError as exc:  # the modules report this with missing_required_lib()
+    HAS_KAZOO = False
+    KAZOO_IMPORT_ERROR = exc
+
+
+class ZooError(Exception):
+    """ZooKeeper did not do what was asked in time; the message says what and where."""
+
+
+class ZooUnavailable(ZooError):
+    """No ZooKeeper server could be reached within the connect timeout."""
+
+
+def quiet_kazoo(verbose=False):
+    """kazoo logs connection drops as warnings; the runner reports them as its own events instead."""
+    logger = logging.getLogger("kazoo")
+    if verbose:
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="zoo-locked: kazoo %(levelname)s %(message)s")
+    else:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
+class Session:
+    """A kazoo client with bounded calls, and the session timeout the server really granted.
+
+    The server may grant a shorter session timeout than the one asked for (it clamps it to its
+    minSessionTimeout..maxSessionTimeout). kazoo computes but does not keep the granted value, so the
+    connection handler's ``_connect`` is wrapped to record it: the session guard must count with the
+    timeout the server will enforce. Tested against the pinned kazoo in tests/runner.
+    """
+
+    def __init__(self, hosts, session_timeout, connect_timeout, auth=None):
+        if not HAS_KAZOO:
+            raise ZooError("the Python library kazoo is not installed: %s" % KAZOO_IMPORT_ERROR)
+        self.hosts = hosts
+        self.requested_timeout = float(session_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.negotiated_timeout = None
+        # Reconnect quickly after a blip: the session (and with it the lock) survives only if we are back
+        # on a server before it expires, so the back-off must stay well under the session timeout.
+        retry = KazooRetry(
+            max_tries=-1, delay=0.05, backoff=2, max_jitter=0.1, max_delay=max(0.2, min(1.0, session_timeout / 10.0))
+        )
+        self.client = KazooClient(
+            hosts=hosts,
+            timeout=self.requested_timeout,
+            connection_retry=retry,
+            command_retry=None,
+            auth_data=auth or None,
+        )
+        connection = self.client._connection
+        original = connection._connect
+
+        def _connect(host, hostip, port):
+            read_timeout, connect_timeout = original(host, hostip, port)
+            # kazoo sets read_timeout to 2/3 of the negotiated session timeout (in milliseconds).
+            self.negotiated_timeout = read_timeout * 1.5 / 1000.0
+            return read_timeout, connect_timeout
+
+        connection._connect = _connect
+
+    @property
+    def session_timeout(self):
+        """The session timeout the server enforces (the requested one until connected)."""
+        return self.negotiated_timeout or self.requested_timeout
+
+    def start(self):
+        try:
+            self.client.start(timeout=self.connect_timeout)
+        except KazooTimeoutError:
+            self.close(timeout=1.0)
+            raise ZooUnavailable(
+                "no ZooKeeper server of %s answered within %gs (connect timeout)" % (self.hosts, self.connect_timeout)
+            )
+
+    def call(self, what, async_result, timeout):
+        """The result of a kazoo ``*_async`` call, waiting at most ``timeout`` seconds."""
+        try:
+            return async_result.get(timeout=max(timeout, 0.001))
+        except KazooTimeoutError:
+            raise ZooError("ZooKeeper did not answer %s within %.1fs" % (what, timeout))
+
+    @property
+    def connected(self):
+        return self.client.connected
+
+    def close(self, timeout=2.0):
+        """End the session (its ephemeral nodes go at once), giving up after ``timeout`` seconds.
+
+        If no server answers, the session simply expires on the server later; the client threads are
+        daemon threads and end with the process.
+        """
+        client = self.client
+
+        def stop():
+            try:
+                client.stop()
+                client.close()
+            except Exception:  # nothing useful is left to do with a client that fails to stop
+                pass
+
+        worker = threading.Thread(target=stop, name="zoo-locked-close")
+        worker.daemon = True
+        started = time.monotonic()
+        worker.start()
+        worker.join(timeout)
+        return time.monotonic() - started < timeout
