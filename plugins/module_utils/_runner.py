@@ -105,107 +105,173 @@ class Log:
             self.syslog.syslog(level, line[len("zoo-locked: "):])
 
 
-def _parser():
-    import argparse
+RUN_USAGE = "usage: zoo-locked run NAME [options] -- COMMAND [ARG...]"
+STATUS_USAGE = "usage: zoo-locked status [NAME...] [--json] [options]"
+USAGE = "usage: zoo-locked {run,status} ... (zoo-locked --help, zoo-locked run --help)"
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UsageError("%s\n%s" % (message, self.format_usage().rstrip()))
+CONNECTION_HELP = """connection (also from the config file and the environment):
+  --hosts H:P,...           ZooKeeper servers, comma-separated (default 127.0.0.1:2181)
+  --root PATH               root of the lock tree (default /zoo-locked)
+  --session-timeout SECONDS ZooKeeper session timeout (default 10)
+  --connect-timeout SECONDS give up when no server answers within this (default 5)
+  --config FILE             config file (default /etc/zoo-locked/zoo-locked.conf)
+  --verbose                 also show kazoo's own log
+"""
 
-    def seconds(positive=False):
-        def parse(text):
-            try:
-                value = float(text)
-            except ValueError:
-                value = -1.0
-            if not 0 <= value <= MAX_SECONDS or (positive and value == 0):
-                raise argparse.ArgumentTypeError(
-                    "expected a number of seconds %s %d, got %r"
-                    % ("greater than 0 and at most" if positive else "from 0 to", MAX_SECONDS, text)
-                )
-            return value
+HELP = {
+    None: USAGE + """
 
-        return parse
+Run a command on exactly one node of a cluster at a time, under a ZooKeeper lock.
 
-    def connection(sub):
-        group = sub.add_argument_group("connection (also from the config file and the environment)")
-        group.add_argument("--hosts", metavar="H:P,...", help="ZooKeeper servers, comma-separated")
-        group.add_argument("--root", metavar="PATH", help="root of the lock tree (default /zoo-locked)")
-        group.add_argument("--session-timeout", metavar="SECONDS", dest="session_timeout",
-                           help="ZooKeeper session timeout (default 10)")
-        group.add_argument("--connect-timeout", metavar="SECONDS", dest="connect_timeout",
-                           help="give up when no server answers within this (default 5)")
-        group.add_argument("--config", metavar="FILE", help="config file (default /etc/zoo-locked/zoo-locked.conf)")
-        group.add_argument("--verbose", action="store_true", help="also show kazoo's own log")
+subcommands:
+  run      run COMMAND while holding the lock NAME
+  status   show holders and waiters of locks
 
-    parser = Parser(
-        prog="zoo-locked",
-        description="Run a command on exactly one node of a cluster at a time, under a ZooKeeper lock.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version="zoo-locked " + VERSION)
-    subs = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    run = subs.add_parser(
-        "run",
-        help="run COMMAND while holding the lock NAME",
-        usage="zoo-locked run NAME [options] -- COMMAND [ARG...]",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run.add_argument("name", metavar="NAME", help="lock name: 1-100 of A-Z a-z 0-9 . _ -, not starting with '.'")
-    run.add_argument("--wait", type=seconds(), default=0.0, metavar="SECONDS",
-                     help="wait this long for a held lock (default 0: skip at once, exit 75)")
-    run.add_argument("--timeout", type=seconds(positive=True), metavar="SECONDS",
-                     help="longest run: then SIGTERM to COMMAND's process group (exit 124)")
-    run.add_argument("--kill-after", type=seconds(), default=10.0, metavar="SECONDS", dest="kill_after",
-                     help="SIGKILL this long after a SIGTERM that was not obeyed (default 10)")
-    run.add_argument("--owner", help="who runs it, shown to others (default: the user name)")
-    run.add_argument("--purpose", help="free text shown to others (default: the command line)")
-    run.add_argument("--syslog", action="store_true", help="log events to syslog (facility cron) too")
-    connection(run)
-    status = subs.add_parser(
-        "status",
-        help="show holders and waiters",
-        usage="zoo-locked status [NAME...] [--json] [options]",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    status.add_argument("names", nargs="*", metavar="NAME", help="locks to show (default: all)")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    connection(status)
-    return parser
+options:
+  -h, --help  show this help and exit
+  --version   show the version and exit
+
+""" + EXIT_CODES,
+    "run": RUN_USAGE + """
+
+Take the cluster-wide lock NAME, run COMMAND (directly, no shell) in its own process group while holding
+it, and release it when COMMAND ends. NAME: 1-100 of A-Z a-z 0-9 . _ - , not starting with '.'.
+
+options:
+  --wait SECONDS            wait this long for a held lock (default 0: skip at once, exit 75)
+  --timeout SECONDS         longest run: then SIGTERM to COMMAND's process group (exit 124)
+  --kill-after SECONDS      SIGKILL this long after a SIGTERM that was not obeyed (default 10)
+  --owner TEXT              who runs it, shown to others (default: the user name)
+  --purpose TEXT            free text shown to others (default: the command line)
+  --syslog                  log events to syslog (facility cron) too
+  -h, --help                show this help and exit
+""" + CONNECTION_HELP + "\n" + EXIT_CODES,
+    "status": STATUS_USAGE + """
+
+Show the holder and the waiters of the named locks (all locks when none is named).
+
+options:
+  --json                    machine-readable output
+  -h, --help                show this help and exit
+""" + CONNECTION_HELP + "\n" + EXIT_CODES,
+}
+
+CONNECTION_OPTIONS = ["hosts=", "root=", "session-timeout=", "connect-timeout=", "config=", "verbose", "help"]
+SUBCOMMAND_OPTIONS = {
+    "run": ["wait=", "timeout=", "kill-after=", "owner=", "purpose=", "syslog"] + CONNECTION_OPTIONS,
+    "status": ["json"] + CONNECTION_OPTIONS,
+}
+
+
+class Options:
+    """What the command line says; attributes default to None."""
+
+    def __init__(self, subcommand):
+        self.subcommand = subcommand
+        self.name = None
+        self.names = []
+        self.wait = 0.0
+        self.timeout = None
+        self.kill_after = 10.0
+        self.owner = self.purpose = None
+        self.syslog = self.verbose = self.json = False
+        self.hosts = self.root = self.session_timeout = self.connect_timeout = self.config = None
+
+
+class HelpShown(Exception):
+    pass
+
+
+def _seconds(option, text, positive=False):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_SECONDS or (positive and value == 0):
+        raise UsageError(
+            "option %s: expected a number of seconds %s %d, got %r"
+            % (option, "greater than 0 and at most" if positive else "from 0 to", MAX_SECONDS, text)
+        )
+    return value
 
 
 def parse(argv):
-    """(options, command) from the arguments; raises UsageError."""
+    """(options, command) from the arguments; raises UsageError, or HelpShown after printing help/version.
+
+    GNU style (--opt VALUE or --opt=VALUE, options and operands mixed), parsed here rather than with
+    argparse or getopt: both import gettext and locale, and the runner starts once per cron job on every
+    node with an overhead budget of a few milliseconds (see docs/benchmarks.md).
+    """
+    if not argv or argv[0] in ("-h", "--help"):
+        if argv:
+            sys.stdout.write(HELP[None])
+            raise HelpShown()
+        raise UsageError("a subcommand is needed: run or status\n" + USAGE)
+    if argv[0] == "--version":
+        sys.stdout.write("zoo-locked %s\n" % VERSION)
+        raise HelpShown()
+    subcommand, argv = argv[0], argv[1:]
+    if subcommand not in SUBCOMMAND_OPTIONS:
+        raise UsageError("unknown subcommand %r: use run or status\n%s" % (subcommand, USAGE))
+    usage = RUN_USAGE if subcommand == "run" else STATUS_USAGE
     command = None
-    if argv and argv[0] == "run":
-        if "--" not in argv:
-            if any(a in ("-h", "--help") for a in argv):
-                _parser().parse_args(argv)
-            raise UsageError(
-                "missing '--' before COMMAND\nusage: zoo-locked run NAME [options] -- COMMAND [ARG...]"
-            )
+    if subcommand == "run" and "--" in argv:
         at = argv.index("--")
         argv, command = argv[:at], argv[at + 1:]
+    known = SUBCOMMAND_OPTIONS[subcommand]
+    pairs, operands = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg == "-h":
+            arg = "--help"
+        if not arg.startswith("--") or arg == "--":
+            if arg.startswith("-") and arg != "-":
+                raise UsageError("unknown option %s\n%s\nTry 'zoo-locked %s --help'." % (arg, usage, subcommand))
+            operands.append(arg)
+            continue
+        option, equals, value = arg.partition("=")
+        if option[2:] + "=" in known:
+            if not equals:
+                value = next(args, None)
+                if value is None:
+                    raise UsageError("option %s needs a value\n%s" % (option, usage))
+        elif option[2:] in known and not equals:
+            value = ""
+        else:
+            raise UsageError("unknown option %s\n%s\nTry 'zoo-locked %s --help'." % (arg, usage, subcommand))
+        pairs.append((option, value))
+    options = Options(subcommand)
+    for option, value in pairs:
+        key = option[2:].replace("-", "_")
+        if option == "--help":
+            sys.stdout.write(HELP[subcommand])
+            raise HelpShown()
+        if key in ("wait", "kill_after"):
+            value = _seconds(option, value)
+        elif key == "timeout":
+            value = _seconds(option, value, positive=True)
+        elif key in ("syslog", "verbose", "json"):
+            value = True
+        elif key in _config.DEFAULTS:
+            try:
+                value = _config.check_setting(key, value, option)
+            except _config.ConfigError as exc:
+                raise UsageError(str(exc))
+        setattr(options, key, value)
+    if subcommand == "run":
+        if len(operands) != 1:
+            raise UsageError("expected exactly one lock NAME, got %d: %s\n%s" % (len(operands), " ".join(operands) or "none", usage))
+        options.name = operands[0]
+        if command is None:
+            raise UsageError("missing '--' before COMMAND\n" + usage)
         if not command:
-            raise UsageError("no COMMAND after '--'\nusage: zoo-locked run NAME [options] -- COMMAND [ARG...]")
-    options = _parser().parse_args(argv)
-    if options.subcommand is None:
-        raise UsageError("a subcommand is needed: run or status (see zoo-locked --help)")
-    names = [options.name] if options.subcommand == "run" else options.names
-    for name in names:
+            raise UsageError("no COMMAND after '--'\n" + usage)
+    else:
+        options.names = operands
+    for name in [options.name] if subcommand == "run" else options.names:
         problem = _config.check_lock_name(name)
         if problem:
             raise UsageError(problem)
-    for key in ("hosts", "root", "session_timeout", "connect_timeout"):
-        value = getattr(options, key)
-        if value is not None:
-            try:
-                setattr(options, key, _config.check_setting(key, value, "--" + key.replace("_", "-")))
-            except _config.ConfigError as exc:
-                raise UsageError(str(exc))
     return options, command
 
 
@@ -224,11 +290,12 @@ def _check_command(command):
         if os.path.isdir(exe) or not os.access(exe, os.X_OK):
             return EX_NOEXEC, "command not executable: %s" % exe
         return None
-    import shutil
-
-    if shutil.which(exe) is None:
-        return EX_NOTFOUND, "command not found in PATH: %s" % exe
-    return None
+    # shutil.which() would do, but shutil imports bz2 and lzma: too slow for a per-job start-up.
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", exe)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return None
+    return EX_NOTFOUND, "command not found in PATH: %s" % exe
 
 
 def _open_session(settings, log, name=None):
@@ -333,12 +400,12 @@ class Runner:
             return EX_UNAVAILABLE
         owner = options.owner
         if owner is None:
-            import getpass
+            import pwd
 
             try:
-                owner = getpass.getuser()
-            except Exception:
-                owner = str(os.getuid())
+                owner = pwd.getpwuid(os.geteuid()).pw_name
+            except KeyError:
+                owner = str(os.geteuid())
         purpose = options.purpose if options.purpose is not None else " ".join(self.command)[:200]
         self.lock = Lock(self.session, settings["root"], self.name, contender_data(owner, purpose, kind="run"))
 
@@ -565,9 +632,9 @@ def main(argv=None):
     except UsageError as exc:
         sys.stderr.write("zoo-locked: %s\n" % exc)
         return EX_USAGE
-    except SystemExit as exc:  # --help, --version
-        return exc.code or 0
-    log = Log(getattr(options, "syslog", False))
+    except HelpShown:
+        return 0
+    log = Log(options.syslog)
     try:
         settings = _settings(options)
     except _config.ConfigError as exc:
@@ -579,5 +646,20 @@ def main(argv=None):
     return Runner(options, command, settings, log).main()
 
 
+def cli():
+    """The console entry point: main(), then a quick exit.
+
+    Everything has been released and closed by then; skipping the interpreter's teardown of kazoo's
+    modules and daemon threads saves about 10 ms per run.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (IOError, OSError):
+        pass
+    os._exit(code if 0 <= code <= 255 else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -6,6 +6,6 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "lib", "zoo-locked"))
 
-from zoo_locked._runner import main  # noqa: E402
+from zoo_locked._runner import cli  # noqa: E402
 
-sys.exit(main())
+cli()
