@@ -419,3 +419,33 @@ class Guard:
                     self.last_ok = sent
                     self.notify()
             self._stop.wait(max(0.0, sent + self.interval - time.monotonic()))
+
+
+# --- Locks held for someone else (the modules' detached holder) --------------------------------------------
+
+
+def owned_by(contenders, owner, kind="hold"):
+    """The contenders whose data names ``owner`` and ``kind``, holder first.
+
+    The kind matters: a runner's contender may carry the same owner (a user name), and a playbook that
+    releases its own locks must never break a running job.
+    """
+    return [c for c in contenders if c.data.get("owner") == owner and c.data.get("kind") == kind]
+
+
+def delete_contender(session, root, name, node, timeout):
+    """Delete one contender node of a lock, from any session: this is how a lock is released for its holder
+    (whose Guard then sees the node gone) or broken. False when the node was already gone."""
+    path = "%s/%s" % (lock_path(root, name), node)
+    try:
+        session.call("deleting %s" % path, session.client.delete_async(path), timeout)
+        return True
+    except NoNodeError:
+        return False
+
+
+def rewrite_contender(lock, data, timeout):
+    """Replace the JSON document of our own contender node (its token, the czxid, stays the same)."""
+    encoded = json.dumps(data, sort_keys=True).encode("utf-8")
+    lock.session.call("updating %s" % lock.path, lock.session.client.set_async(lock.path, encoded), timeout)
+    lock.data = encoded

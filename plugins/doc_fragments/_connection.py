@@ -1,0 +1,93 @@
+# -*- coding: utf-8 -*-
+# Copyright: zoo-locked maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Private to the collection: the ZooKeeper connection options of every module (argument spec in
+# plugins/module_utils/_common.py).
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    DOCUMENTATION = r"""
+options:
+  hosts:
+    description:
+      - ZooKeeper servers, comma-separated C(HOST[:PORT]) (port 2181 when left out).
+      - When not set, the module looks where the zoo-locked runner looks, on the host that runs the module
+        (the delegated host with C(delegate_to)) - first the environment variable E(ZOO_LOCKED_HOSTS), then the
+        runner's config file (O(config)), then V(127.0.0.1:2181). So on a cron node the module finds the
+        ZooKeeper that the runner uses.
+    type: str
+  root:
+    description:
+      - Root of the lock tree in ZooKeeper; must be the runner's root for the module and the runner to share
+        locks.
+      - When not set, from E(ZOO_LOCKED_ROOT), then the config file, then V(/zoo-locked).
+    type: str
+  session_timeout:
+    description:
+      - ZooKeeper session timeout in seconds (1 to 600). The server may grant a shorter or longer one within
+        its own bounds.
+      - A lock held by a host that dies or loses ZooKeeper is free again after about this long.
+      - When not set, from E(ZOO_LOCKED_SESSION_TIMEOUT), then the config file, then V(10).
+    type: float
+  connect_timeout:
+    description:
+      - Fail when no ZooKeeper server answers within this many seconds (0.1 to 600).
+      - When not set, from E(ZOO_LOCKED_CONNECT_TIMEOUT), then the config file, then V(5).
+    type: float
+  config:
+    description:
+      - The runner's config file on the host that runs the module (INI, one section C([zoo-locked]) with the
+        keys C(hosts), C(root), C(session_timeout), C(connect_timeout)).
+      - When not set, E(ZOO_LOCKED_CONFIG), else C(/etc/zoo-locked/zoo-locked.conf) when that file exists.
+      - A file given here or in E(ZOO_LOCKED_CONFIG) must exist.
+    type: path
+  auth:
+    description:
+      - ZooKeeper authentication, added to the session once connected (kazoo's C(auth_data)).
+      - Needed only when the lock tree carries ACLs; locks are created with ZooKeeper's open ACL.
+    type: list
+    elements: dict
+    suboptions:
+      scheme:
+        description: The authentication scheme.
+        type: str
+        default: digest
+      credential:
+        description: The credential, for the C(digest) scheme C(USER:PASSWORD). Never logged.
+        type: str
+        required: true
+  tls:
+    description:
+      - Connect to ZooKeeper with TLS.
+      - B(Not supported yet) (neither by the runner); V(true) fails with a clear message. The other C(tls_*)
+        options are reserved for it and ignored until then.
+    type: bool
+    default: false
+  tls_ca_cert:
+    description: CA certificate (PEM) to check the servers' certificates with. Reserved, see O(tls).
+    type: path
+  tls_client_cert:
+    description: Client certificate (PEM). Reserved, see O(tls).
+    type: path
+  tls_client_key:
+    description: Private key of the client certificate (PEM). Reserved, see O(tls).
+    type: path
+  tls_client_key_password:
+    description: Password of O(tls_client_key). Never logged. Reserved, see O(tls).
+    type: str
+  tls_validate_certs:
+    description: Check the servers' certificates. Reserved, see O(tls).
+    type: bool
+    default: true
+requirements:
+  - kazoo (the Python library, 2.8 or later) for the Python that runs the module - on the delegated host with
+    C(delegate_to). The runner role installs it into the runner's own virtualenv, not for Ansible.
+notes:
+  - Settings are resolved as the runner resolves them - option, then environment, then config file, then
+    default - but on the host that runs the module.
+"""

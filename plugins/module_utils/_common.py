@@ -1,0 +1,77 @@
+# -*- coding: utf-8 -*-
+# Copyright: zoo-locked maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ZooKeeper connection options every module shares, and how they become settings.
+
+Private to the collection. Documented once in ``plugins/doc_fragments/_connection.py``; the settings are
+resolved by ``_config.resolve`` exactly as the runner resolves them (option, then environment, then the
+runner's config file, then the default), so a module on a cron node finds the ZooKeeper the runner uses.
+Only the standard library is imported here.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from . import _config
+
+MAX_SECONDS = 31 * 24 * 3600  # as the runner: nothing waits or holds longer than a month
+
+
+def connection_argument_spec():
+    """The connection options (no defaults here: an unset option falls back as the runner's settings do)."""
+    return dict(
+        hosts=dict(type="str"),
+        root=dict(type="str"),
+        session_timeout=dict(type="float"),
+        connect_timeout=dict(type="float"),
+        config=dict(type="path"),
+        auth=dict(
+            type="list",
+            elements="dict",
+            options=dict(
+                scheme=dict(type="str", default="digest"),
+                credential=dict(type="str", required=True, no_log=True),
+            ),
+        ),
+        tls=dict(type="bool", default=False),
+        tls_ca_cert=dict(type="path"),
+        tls_client_cert=dict(type="path"),
+        tls_client_key=dict(type="path", no_log=False),
+        tls_client_key_password=dict(type="str", no_log=True),
+        tls_validate_certs=dict(type="bool", default=True),
+    )
+
+
+def connection_settings(params, environ=None):
+    """hosts, root, session_timeout, connect_timeout, config and auth from module params.
+
+    Raises ``_config.ConfigError`` naming the option, variable or file that is wrong.
+    """
+    flags = {"config": params.get("config")}
+    for key in _config.DEFAULTS:
+        value = params.get(key)
+        flags[key] = None if value is None else _config.check_setting(key, value, "option %s" % key)
+    if params.get("tls"):
+        raise _config.ConfigError(
+            "option tls: TLS connections to ZooKeeper are not supported yet (neither by the runner nor by "
+            "the modules); connect without TLS"
+        )
+    settings = _config.resolve(flags, environ)
+    settings["auth"] = [(a["scheme"], a["credential"]) for a in params.get("auth") or []]
+    return settings
+
+
+def check_seconds(value, option, positive=False):
+    """A number of seconds from 0 (or above 0) to MAX_SECONDS, or ConfigError naming the option."""
+    seconds = _config.check_seconds(value, "option %s" % option, 0.0, MAX_SECONDS)
+    if positive and seconds == 0:
+        raise _config.ConfigError("option %s: must be more than 0 seconds, got %r" % (option, value))
+    return seconds
+
+
+def check_name(name, option="name"):
+    problem = _config.check_lock_name(name)
+    if problem:
+        raise _config.ConfigError("option %s: %s" % (option, problem))
+    return name
