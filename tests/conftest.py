@@ -77,7 +77,8 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for server, offset in getattr(item, "_zk_log_marks", []):
             report.sections.append(
-                ("ZooKeeper log %s (%s)" % (server.hosts, report.when), server.log_tail(150, offset))
+                ("ZooKeeper log %s (%s)" % (server.hosts, report.when),
+                 server.log_tail(150, offset) or "(nothing logged during this test)")
             )
 
 
@@ -211,7 +212,13 @@ class Runner:
 
     # connection options for every subcommand
     def conn(self, hosts=None, root=None):
-        return ["--hosts", hosts or self.zk.hosts, "--root", root or self.zk.root]
+        """--hosts and --root for this test's ZooKeeper and root; pass False to leave one out."""
+        args = []
+        if hosts is not False:
+            args += ["--hosts", hosts or self.zk.hosts]
+        if root is not False:
+            args += ["--root", root or self.zk.root]
+        return args
 
     def raw(self, args, env=None, timeout=60.0, input=None):
         """zoo-locked ARGS exactly as given."""
@@ -248,12 +255,24 @@ class Runner:
         return cmd
 
     def children(self, kazoo, name, root=None):
+        """The nodes (holder and waiters) under ROOT/locks/NAME, [] when there is none."""
         from kazoo.exceptions import NoNodeError
 
         try:
             return sorted(kazoo.get_children("%s/locks/%s" % (root or self.zk.root, name)))
         except NoNodeError:
             return []
+
+    def lock_nodes(self, kazoo, root=None):
+        """Every node under ROOT/locks/*/ (any lock): what a runner that never locked must not leave."""
+        from kazoo.exceptions import NoNodeError
+
+        base = "%s/locks" % (root or self.zk.root)
+        try:
+            names = kazoo.get_children(base)
+        except NoNodeError:
+            return []
+        return sorted("%s/%s" % (n, c) for n in names for c in self.children(kazoo, n, root))
 
     def cleanup(self):
         for bg in self.background:

@@ -513,6 +513,16 @@ def read_records(path):
         raise
 
 
+def records(path, event=None, tag=None):
+    """The worker's records, filtered by event and tag."""
+    return [r for r in read_records(path) if (event is None or r["event"] == event) and (tag is None or r["tag"] == tag)]
+
+
+def hostnames():
+    """Names this host may go by in ZOO_LOCKED_HOLDER."""
+    return {socket.gethostname(), socket.getfqdn(), socket.gethostname().split(".")[0]}
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as d:
         t0 = time.monotonic()
