@@ -25,6 +25,12 @@ DEFAULTS = {
     "connect_timeout": 5.0,
 }
 
+# Settings only the runner uses; the config file may set them too.
+RUNNER_DEFAULTS = {
+    "metrics_dir": None,
+}
+FILE_KEYS = dict(DEFAULTS, **RUNNER_DEFAULTS)
+
 # Environment variables, and the setting each one sets.
 ENVIRONMENT = {
     "ZOO_LOCKED_HOSTS": "hosts",
@@ -102,6 +108,11 @@ def check_setting(key, value, where):
         return check_hosts(value, where)
     if key == "root":
         return check_root(value, where)
+    if key == "metrics_dir":
+        value = str(value)
+        if not value.startswith("/"):
+            raise ConfigError("%s: must be an absolute directory path, got %r" % (where, value))
+        return value
     low, high = TIMEOUT_BOUNDS[key]
     return check_seconds(value, where, low, high)
 
@@ -132,10 +143,10 @@ def read_config_file(path, required):
         )
     settings = {}
     for key, value in parser.items(CONFIG_SECTION):
-        if key not in DEFAULTS:
+        if key not in FILE_KEYS:
             raise ConfigError(
                 "config file %s: unknown key %r in [%s]; known keys: %s"
-                % (path, key, CONFIG_SECTION, ", ".join(sorted(DEFAULTS)))
+                % (path, key, CONFIG_SECTION, ", ".join(sorted(FILE_KEYS)))
             )
         settings[key] = check_setting(key, value, "config file %s: %s" % (path, key))
     return settings
@@ -148,14 +159,14 @@ def resolve(flags, environ=None):
     ``config`` for --config. Raises ConfigError for anything wrong in the file or the environment.
     """
     environ = os.environ if environ is None else environ
-    settings = dict(DEFAULTS)
+    settings = dict(FILE_KEYS)
     path = flags.get("config") or environ.get("ZOO_LOCKED_CONFIG")
     settings.update(read_config_file(path or DEFAULT_CONFIG_FILE, required=bool(path)))
     for variable, key in ENVIRONMENT.items():
         value = environ.get(variable)
         if value is not None and value != "":
             settings[key] = check_setting(key, value, "environment variable %s" % variable)
-    for key in DEFAULTS:
+    for key in FILE_KEYS:
         if flags.get(key) is not None:
             settings[key] = flags[key]
     settings["config"] = path

@@ -107,7 +107,8 @@ class Log:
 
 RUN_USAGE = "usage: zoo-locked run NAME [options] -- COMMAND [ARG...]"
 STATUS_USAGE = "usage: zoo-locked status [NAME...] [--json] [options]"
-USAGE = "usage: zoo-locked {run,status} ... (zoo-locked --help, zoo-locked run --help)"
+HISTORY_USAGE = "usage: zoo-locked history NAME [--json] [--limit N] [options]"
+USAGE = "usage: zoo-locked {run,status,history} ... (zoo-locked --help, zoo-locked run --help)"
 
 CONNECTION_HELP = """connection (also from the config file and the environment):
   --hosts H:P,...           ZooKeeper servers, comma-separated (default 127.0.0.1:2181)
@@ -126,6 +127,7 @@ Run a command on exactly one node of a cluster at a time, under a ZooKeeper lock
 subcommands:
   run      run COMMAND while holding the lock NAME
   status   show holders and waiters of locks
+  history  show the last runs of a job
 
 options:
   -h, --help  show this help and exit
@@ -145,6 +147,23 @@ options:
   --purpose TEXT            free text shown to others (default: the command line)
   --syslog                  log events to syslog (facility cron) too
   -h, --help                show this help and exit
+
+slots (each scheduled run happens once across the cluster):
+  --schedule 'CRON EXPR'    the run belongs to the fire time of this schedule nearest to now
+  --slot ID                 the run belongs to slot ID (for callers outside cron)
+  --retry-failed            run a slot again whose earlier run failed or was stopped
+  --max-delay SECONDS       do not start a slot later than this after its time (default: one period)
+  --keep N                  run records kept per job (default 100)
+  --metrics-dir DIR         write Prometheus metrics for node_exporter's textfile collector
+""" + CONNECTION_HELP + "\n" + EXIT_CODES,
+    "history": HISTORY_USAGE + """
+
+Show the last runs of a job (needs runs with --schedule or --slot): slot, host, state, duration, exit code.
+
+options:
+  --json                    machine-readable output
+  --limit N                 how many runs (default 20)
+  -h, --help                show this help and exit
 """ + CONNECTION_HELP + "\n" + EXIT_CODES,
     "status": STATUS_USAGE + """
 
@@ -158,8 +177,10 @@ options:
 
 CONNECTION_OPTIONS = ["hosts=", "root=", "session-timeout=", "connect-timeout=", "config=", "verbose", "help"]
 SUBCOMMAND_OPTIONS = {
-    "run": ["wait=", "timeout=", "kill-after=", "owner=", "purpose=", "syslog"] + CONNECTION_OPTIONS,
+    "run": ["wait=", "timeout=", "kill-after=", "owner=", "purpose=", "syslog", "schedule=", "slot=",
+            "retry-failed", "max-delay=", "keep=", "metrics-dir="] + CONNECTION_OPTIONS,
     "status": ["json"] + CONNECTION_OPTIONS,
+    "history": ["json", "limit="] + CONNECTION_OPTIONS,
 }
 
 
@@ -176,6 +197,10 @@ class Options:
         self.owner = self.purpose = None
         self.syslog = self.verbose = self.json = False
         self.hosts = self.root = self.session_timeout = self.connect_timeout = self.config = None
+        self.schedule = self.slot = self.max_delay = self.metrics_dir = None
+        self.retry_failed = False
+        self.keep = 100
+        self.limit = 20
 
 
 class HelpShown(Exception):
@@ -206,14 +231,14 @@ def parse(argv):
         if argv:
             sys.stdout.write(HELP[None])
             raise HelpShown()
-        raise UsageError("a subcommand is needed: run or status\n" + USAGE)
+        raise UsageError("a subcommand is needed: run, status or history\n" + USAGE)
     if argv[0] == "--version":
         sys.stdout.write("zoo-locked %s\n" % VERSION)
         raise HelpShown()
     subcommand, argv = argv[0], argv[1:]
     if subcommand not in SUBCOMMAND_OPTIONS:
-        raise UsageError("unknown subcommand %r: use run or status\n%s" % (subcommand, USAGE))
-    usage = RUN_USAGE if subcommand == "run" else STATUS_USAGE
+        raise UsageError("unknown subcommand %r: use run, status or history\n%s" % (subcommand, USAGE))
+    usage = {"run": RUN_USAGE, "status": STATUS_USAGE, "history": HISTORY_USAGE}[subcommand]
     command = None
     if subcommand == "run" and "--" in argv:
         at = argv.index("--")
@@ -246,13 +271,17 @@ def parse(argv):
         if option == "--help":
             sys.stdout.write(HELP[subcommand])
             raise HelpShown()
-        if key in ("wait", "kill_after"):
+        if key in ("wait", "kill_after", "max_delay"):
             value = _seconds(option, value)
+        elif key in ("keep", "limit"):
+            if not value.isdigit() or not 1 <= int(value) <= 100000:
+                raise UsageError("option %s: expected a whole number from 1 to 100000, got %r" % (option, value))
+            value = int(value)
         elif key == "timeout":
             value = _seconds(option, value, positive=True)
-        elif key in ("syslog", "verbose", "json"):
+        elif key in ("syslog", "verbose", "json", "retry_failed"):
             value = True
-        elif key in _config.DEFAULTS:
+        elif key in _config.FILE_KEYS:
             try:
                 value = _config.check_setting(key, value, option)
             except _config.ConfigError as exc:
@@ -266,9 +295,25 @@ def parse(argv):
             raise UsageError("missing '--' before COMMAND\n" + usage)
         if not command:
             raise UsageError("no COMMAND after '--'\n" + usage)
+        if options.schedule is not None and options.slot is not None:
+            raise UsageError("--schedule and --slot exclude each other: a run belongs to one slot\n" + usage)
+        if options.slot is not None:
+            from ._slots import check_slot_id
+
+            problem = check_slot_id(options.slot)
+            if problem:
+                raise UsageError("option --slot: " + problem)
+        if options.schedule is None and options.slot is None:
+            for key in ("retry_failed", "max_delay"):
+                if getattr(options, key) not in (None, False):
+                    raise UsageError("option --%s needs --schedule or --slot\n%s" % (key.replace("_", "-"), usage))
+    elif subcommand == "history":
+        if len(operands) != 1:
+            raise UsageError("expected exactly one job NAME\n" + usage)
+        options.name = operands[0]
     else:
         options.names = operands
-    for name in [options.name] if subcommand == "run" else options.names:
+    for name in [options.name] if subcommand != "status" else options.names:
         problem = _config.check_lock_name(name)
         if problem:
             raise UsageError(problem)
@@ -276,7 +321,7 @@ def parse(argv):
 
 
 def _settings(options):
-    flags = dict((key, getattr(options, key)) for key in _config.DEFAULTS)
+    flags = dict((key, getattr(options, key)) for key in _config.FILE_KEYS)
     flags["config"] = options.config
     return _config.resolve(flags)
 
@@ -350,27 +395,40 @@ class Runner:
         self.host = None
         self.session = None
         self.lock = None
+        self.slot = options.slot  # the slot this run belongs to (--slot, or computed from --schedule)
+        self.scheduled = None  # the slot's scheduled time (Unix), with --schedule
+        self.max_delay = options.max_delay
+        self.metrics = {}  # what to report in --metrics-dir
 
     def main(self):
         import socket
 
         options, log = self.options, self.log
         self.host = socket.gethostname()
+        started = time.monotonic()
+        if options.schedule is not None:
+            from ._slots import check_schedule, clock, slot_for_schedule
+
+            problem = check_schedule(options.schedule)
+            if problem:
+                sys.stderr.write("zoo-locked: option --schedule: %s\n%s\n" % (problem, RUN_USAGE))
+                return EX_USAGE
+            self.slot, self.scheduled, period = slot_for_schedule(options.schedule, clock())
+            if self.max_delay is None:
+                self.max_delay = period
         problem = _check_command(self.command)
         if problem:
             log("error", name=self.name, host=self.host, reason=problem[1])
             return problem[0]
         guardian_pid, self.guardian = _guardian()
-        interrupted = []
 
         def interrupt(signum, frame):
-            interrupted.append(signum)
             raise Interrupted(signum)
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, interrupt)
         try:
-            return self._locked()
+            return self._locked(started)
         except Interrupted as exc:
             log("stopping", name=self.name, host=self.host, reason="signal %d before COMMAND started" % exc.signum)
             return 128 + exc.signum
@@ -386,18 +444,38 @@ class Runner:
                 os.close(self.guardian)
             except OSError:
                 pass
+            if self.settings.get("metrics_dir") and self.metrics:
+                self._write_metrics()
 
-    def _locked(self):
+    def _write_metrics(self):
+        from . import _metrics
+
+        try:
+            _metrics.write(self.settings["metrics_dir"], self.name, **self.metrics)
+        except Exception as exc:  # metrics must never change the job's outcome
+            self.log("error", name=self.name, host=self.host, reason="could not write metrics: %s" % exc)
+
+    def _locked(self, started):
         from ._zk import ZooError, ZooUnavailable
         from ._lock import Lock, LockHeld, LockLost, contender_data, describe_contender
 
         options, log, settings = self.options, self.log, self.settings
-        started = time.monotonic()
         try:
             self.session = _open_session(settings, log)
         except ZooUnavailable as exc:
             log("error", name=self.name, host=self.host, reason=str(exc))
             return EX_UNAVAILABLE
+        if self.slot is not None:
+            from ._slots import Records
+
+            self.records = Records(self.session, settings["root"], self.name)
+            try:
+                done = self._slot_done(self.records.read(self.slot)[0])
+            except ZooError as exc:
+                log("error", name=self.name, host=self.host, reason="while reading the run record: %s" % exc)
+                return EX_UNAVAILABLE
+            if done is not None:
+                return done  # no need to queue for the lock: a finished slot stays finished
         owner = options.owner
         if owner is None:
             import pwd
@@ -407,28 +485,120 @@ class Runner:
             except KeyError:
                 owner = str(os.geteuid())
         purpose = options.purpose if options.purpose is not None else " ".join(self.command)[:200]
-        self.lock = Lock(self.session, settings["root"], self.name, contender_data(owner, purpose, kind="run"))
+        extra = {"slot": self.slot} if self.slot is not None else {}
+        self.lock = Lock(self.session, settings["root"], self.name,
+                         contender_data(owner, purpose, kind="run", **extra))
 
         def waiting(holder):
-            log("waiting", name=self.name, host=self.host, holder=describe_contender(holder), wait=options.wait)
+            log("waiting", name=self.name, host=self.host, holder=describe_contender(holder), wait=options.wait,
+                slot=self.slot)
 
         try:
             token = self.lock.acquire(options.wait, on_wait=waiting)
         except LockHeld as exc:
             log("skipped", name=self.name, host=self.host, holder=describe_contender(exc.holder),
-                waited=time.monotonic() - started)
+                waited=time.monotonic() - started, slot=self.slot)
             return EX_TEMPFAIL
         except (ZooError, LockLost) as exc:
             log("error", name=self.name, host=self.host, reason="while taking the lock: %s" % exc)
             return EX_UNAVAILABLE
         held_since = time.monotonic()
         log("acquired", name=self.name, host=self.host, token=token, waited=held_since - started,
-            session_timeout=self.session.session_timeout)
-        code = Supervisor(self).run(token)
+            session_timeout=self.session.session_timeout, slot=self.slot)
+        if self.slot is not None:
+            try:
+                claimed = self._claim_slot(token, started)
+            except ZooError as exc:
+                log("error", name=self.name, host=self.host, reason="while writing the run record: %s" % exc)
+                claimed = EX_UNAVAILABLE
+            if claimed is not None:
+                self.lock.release(timeout=min(2.0, self.session.session_timeout))
+                return claimed
+        supervisor = Supervisor(self)
+        start_wall = time.time()
+        code = supervisor.run(token)
+        self.metrics = {"start": start_wall, "duration": time.time() - start_wall, "exit_code": code,
+                        "success": code == 0}
+        if self.slot is not None:
+            self._finish_slot(code, supervisor.stopping)
         released = self.lock.release(timeout=min(2.0, self.session.session_timeout))
         log("released", name=self.name, host=self.host, token=token, held=time.monotonic() - held_since,
             exit=code, **({} if released else {"note": "the lock node was already gone or ZooKeeper did not answer"}))
         return code
+
+    def _slot_done(self, record):
+        """0 when the slot needs no run from us (logged), else None."""
+        from ._slots import summary
+
+        if record is None:
+            return None
+        state = record.get("state")
+        if state == "running":
+            return None  # running elsewhere, or its runner died: decided under the lock
+        if state in ("failed", "stopped", "unreadable") and self.options.retry_failed:
+            return None
+        if state == "succeeded":
+            self.metrics = {"slot_done": True}
+            note = None
+        elif state == "missed":
+            note = "the slot was missed (started too late) and is not run"
+        else:
+            note = "not retried: the run %s; --retry-failed runs it again" % state
+        self.log("done", name=self.name, host=self.host, slot=self.slot, record=summary(record), note=note)
+        return 0
+
+    def _claim_slot(self, token, started):
+        """Under the lock: decide whether this runner runs the slot, and record it. None: run COMMAND."""
+        from ._slots import clock, iso, new_attempt, new_record
+
+        record, version = self.records.read(self.slot)
+        done = self._slot_done(record)
+        if done is not None:
+            return done
+        if record is None:
+            record = new_record(self.name, self.slot, self.scheduled)
+        elif record.get("state") == "running" and record.get("attempts"):
+            # We hold the lock, so whoever was running this slot has lost it: its runner or node died.
+            dead = record["attempts"][-1]
+            dead["state"] = "died"
+            self.log("failover", name=self.name, host=self.host, slot=self.slot,
+                     previous="%s (token %s, started %s)" % (dead.get("host"), dead.get("token"), dead.get("start")))
+        if self.max_delay is not None:
+            late = clock() - self.scheduled if self.scheduled is not None else time.monotonic() - started
+            if late > self.max_delay:
+                record["state"] = "missed"
+                record["missed"] = {"host": self.host, "token": token, "at": iso(time.time()), "late": round(late, 3)}
+                self.records.write(self.slot, record, version)
+                self.log("missed", name=self.name, host=self.host, slot=self.slot, late=late,
+                         max_delay=self.max_delay)
+                return 0
+        record["state"] = "running"
+        record.setdefault("attempts", []).append(new_attempt(token))
+        self.record = record
+        self.record_version = self.records.write(self.slot, record, version)
+        if self.record_version is None:
+            self.log("error", name=self.name, host=self.host, slot=self.slot,
+                     reason="the run record changed while we held the lock; not running")
+            return EX_UNAVAILABLE
+        if version is None:
+            self.records.prune(self.options.keep)
+        return None
+
+    def _finish_slot(self, code, stopping):
+        from ._zk import ZooError
+        from ._slots import iso
+
+        attempt = self.record["attempts"][-1]
+        state = "stopped" if stopping else ("succeeded" if code == 0 else "failed")
+        attempt.update(end=iso(time.time()), exit=code, state=state,
+                       duration=round(time.time() - attempt.pop("started", time.time()), 3))
+        self.record["state"] = state
+        try:
+            if self.records.write(self.slot, self.record, self.record_version) is None:
+                raise ZooError("it was changed by a later holder")
+        except Exception as exc:
+            self.log("error", name=self.name, host=self.host, slot=self.slot,
+                     reason="could not record the end of the run (%s); the next holder will treat it as died" % exc)
 
 
 class Supervisor:
@@ -625,6 +795,39 @@ def status(options, settings, log):
     return 0
 
 
+def history(options, settings, log):
+    from ._zk import ZooError, ZooUnavailable
+    from ._slots import Records
+
+    try:
+        session = _open_session(settings, log)
+    except ZooUnavailable as exc:
+        log("error", reason=str(exc))
+        return EX_UNAVAILABLE
+    try:
+        runs = Records(session, settings["root"], options.name).history(options.limit)
+    except ZooError as exc:
+        log("error", reason=str(exc))
+        return EX_UNAVAILABLE
+    finally:
+        session.close(timeout=2.0)
+    if options.json:
+        import json
+
+        json.dump({"name": options.name, "runs": runs}, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    if not runs:
+        sys.stdout.write("no runs recorded for %s\n" % options.name)
+    for run in runs:
+        attempts = run.get("attempts") or []
+        last = attempts[-1] if attempts else {}
+        sys.stdout.write("%-18s %-10s host=%s duration=%s exit=%s token=%s attempts=%d\n" % (
+            run.get("slot"), run.get("state"), last.get("host", "-"), last.get("duration", "-"),
+            last.get("exit", "-"), last.get("token", "-"), len(attempts)))
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -643,6 +846,8 @@ def main(argv=None):
     settings["verbose"] = options.verbose
     if options.subcommand == "status":
         return status(options, settings, log)
+    if options.subcommand == "history":
+        return history(options, settings, log)
     return Runner(options, command, settings, log).main()
 
 

@@ -1,0 +1,188 @@
+# -*- coding: utf-8 -*-
+# Copyright: zoo-locked maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Slots and run records: each scheduled run of a job happens once across the cluster.
+
+A lock stops two nodes from running a job at the same time, not one after the other. A *slot* is the
+scheduled time a run was fired for; its *run record* is a persistent znode, written under the job's lock
+before COMMAND starts and updated when it ends::
+
+    ROOT/runs/NAME/SLOT      persistent; data: a JSON run record (see docs/architecture.md)
+
+Records are read and written only by the holder of the job's lock (except reads), so they need no lock of
+their own; writes carry the version read, so a holder that lost its lock cannot overwrite its successor.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import re
+import socket
+import os
+import time
+
+try:
+    from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+except ImportError:  # reported by the caller through _zk.HAS_KAZOO
+    pass
+
+FORMAT_VERSION = 1
+DEFAULT_KEEP = 100
+SLOT_ID = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9._:-]{0,99}\Z")
+FINAL_STATES = ("succeeded", "failed", "stopped", "missed")
+# Test hook: shift this process's idea of "now" for slot computation (simulates clock skew). Not for production.
+CLOCK_OFFSET_VAR = "ZOO_LOCKED_CLOCK_OFFSET"
+
+
+class SlotError(Exception):
+    """A schedule or slot id is not usable; the message says why and what is allowed."""
+
+
+def runs_path(root, name):
+    return "%s/runs/%s" % (root, name)
+
+
+def iso(timestamp):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp)) if timestamp is not None else None
+
+
+def clock():
+    """time.time(), shifted by ZOO_LOCKED_CLOCK_OFFSET seconds when that is set (tests only)."""
+    offset = os.environ.get(CLOCK_OFFSET_VAR)
+    return time.time() + (float(offset) if offset else 0.0)
+
+
+def check_slot_id(slot):
+    if not SLOT_ID.match(slot or "") or slot in (".", ".."):
+        return ("bad slot id %r: use 1-100 characters of A-Z a-z 0-9 . _ - : , not starting with '.'; "
+                "ids that sort in time order (e.g. 2026-11-27T10:00) keep pruning right" % (slot,))
+    return None
+
+
+def check_schedule(expression):
+    """An error message for a cron expression croniter cannot use, or None."""
+    try:
+        from croniter import croniter
+    except ImportError as exc:
+        return "--schedule needs the Python library croniter (%s)" % exc
+    if not croniter.is_valid(expression):
+        return ("bad schedule %r: use five cron fields (minute hour day-of-month month day-of-week, e.g. "
+                "'*/15 * * * *') or @hourly, @daily, @weekly, @monthly, @yearly" % (expression,))
+    return None
+
+
+def slot_for_schedule(expression, now):
+    """(slot id, scheduled timestamp, period) of the fire time nearest to ``now`` in the local time zone.
+
+    cron fires on each node by that node's clock, so a runner starts within seconds of a fire time; the
+    nearest fire time is the slot. Nodes whose clocks differ by less than half the period agree on it.
+    """
+    import datetime
+
+    from croniter import croniter
+    from dateutil.tz import tzlocal
+
+    local = datetime.datetime.fromtimestamp(now, tzlocal())
+    previous = croniter(expression, local).get_prev(datetime.datetime).timestamp()
+    following = croniter(expression, local).get_next(datetime.datetime).timestamp()
+    if now - previous <= following - now:
+        scheduled = previous
+        period = following - previous
+    else:
+        scheduled = following
+        period = croniter(expression, datetime.datetime.fromtimestamp(following, tzlocal())).get_next(
+            datetime.datetime).timestamp() - following
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(scheduled)), scheduled, period
+
+
+class Records:
+    """The run records of one job."""
+
+    def __init__(self, session, root, name):
+        self.session = session
+        self.name = name
+        self.dir = runs_path(root, name)
+
+    @property
+    def timeout(self):
+        return self.session.session_timeout
+
+    def read(self, slot):
+        """(record dict, version) or (None, None)."""
+        path = "%s/%s" % (self.dir, slot)
+        try:
+            data, stat = self.session.call("reading %s" % path, self.session.client.get_async(path), self.timeout)
+        except NoNodeError:
+            return None, None
+        try:
+            record = json.loads(data.decode("utf-8"))
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            record = {"slot": slot, "state": "unreadable", "attempts": []}
+        return record, stat.version
+
+    def write(self, slot, record, version):
+        """Create (version None) or update the record; returns the new version, or None if it changed under us."""
+        path = "%s/%s" % (self.dir, slot)
+        record["updated"] = iso(time.time())
+        data = json.dumps(record, sort_keys=True).encode("utf-8")
+        client = self.session.client
+        try:
+            if version is None:
+                self.session.call("writing %s" % path, client.create_async(path, data, makepath=True), self.timeout)
+                return 0
+            stat = self.session.call("writing %s" % path, client.set_async(path, data, version=version), self.timeout)
+            return stat.version
+        except (NodeExistsError, BadVersionError):
+            return None
+
+    def slots(self):
+        try:
+            children = self.session.call("listing %s" % self.dir, self.session.client.get_children_async(self.dir),
+                                         self.timeout)
+        except NoNodeError:
+            return []
+        return sorted(children)
+
+    def prune(self, keep):
+        """Delete the oldest records (in slot order) beyond the last ``keep``; returns how many went."""
+        slots = self.slots()
+        gone = 0
+        for slot in slots[:max(0, len(slots) - keep)]:
+            try:
+                self.session.call("pruning", self.session.client.delete_async("%s/%s" % (self.dir, slot)),
+                                  self.timeout)
+                gone += 1
+            except NoNodeError:
+                pass
+        return gone
+
+    def history(self, limit):
+        """The last ``limit`` records, newest first."""
+        result = []
+        for slot in reversed(self.slots()[-limit:] if limit else self.slots()):
+            record, _ = self.read(slot)
+            if record is not None:
+                result.append(record)
+        return result
+
+
+def new_record(name, slot, scheduled):
+    return {"v": FORMAT_VERSION, "name": name, "slot": slot, "scheduled": iso(scheduled), "state": "running",
+            "attempts": []}
+
+
+def new_attempt(token):
+    return {"host": socket.gethostname(), "pid": os.getpid(), "token": token, "start": iso(time.time()),
+            "started": time.time(), "end": None, "exit": None, "state": "running"}
+
+
+def summary(record):
+    """One line about who ran a slot, for the log."""
+    attempts = record.get("attempts") or []
+    last = attempts[-1] if attempts else {}
+    return "%s by %s (token %s, exit %s, ended %s)" % (
+        record.get("state"), last.get("host", "?"), last.get("token"), last.get("exit"), last.get("end"))
