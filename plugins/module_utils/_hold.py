@@ -233,7 +233,7 @@ def _release(job, force, check_mode):
 
 
 def _acquire(job):
-    job = dict(job, watch=_run_to_watch(job["owner"]))
+    job = dict(job, watch=_run_to_watch(job["owner"]), log=os.environ.get("ZOO_LOCKED_HOLD_LOG"))
     settings = job["settings"]
     # The holder may take: connecting, a few bounded calls, the wait itself.
     patience = settings["connect_timeout"] + job["wait"] + 4 * settings["session_timeout"] + REPORT_MARGIN
@@ -383,16 +383,46 @@ def _detach(keep):
                 pass
 
 
-def _log(event, **fields):
-    if syslog is None:
-        return
-    try:
-        line = " ".join([event] + ["%s=%s" % (k, json.dumps(v) if isinstance(v, str) else v)
-                                   for k, v in sorted(fields.items())])
-        syslog.openlog("zoo-locked-hold", syslog.LOG_PID, syslog.LOG_USER)
-        syslog.syslog(syslog.LOG_WARNING if event == "lost" else syslog.LOG_INFO, line)
-    except Exception:
-        pass
+def _log(job, event, **fields):
+    """One line per event to syslog (ident zoo-locked-hold), and to the file ZOO_LOCKED_HOLD_LOG if set."""
+    fields.update(name=job["name"], owner=job["owner"])
+    line = " ".join([event] + ["%s=%s" % (k, json.dumps(v) if isinstance(v, str) else v)
+                               for k, v in sorted(fields.items())])
+    if syslog is not None:
+        try:
+            syslog.openlog("zoo-locked-hold", syslog.LOG_PID, syslog.LOG_USER)
+            syslog.syslog(syslog.LOG_INFO if event in ("acquired", "ended") else syslog.LOG_WARNING, line)
+        except Exception:
+            pass
+    if job.get("log"):
+        try:
+            with open(job["log"], "a") as handle:
+                handle.write("%s pid=%d %s\n" % (iso_utc(time.time()), os.getpid(), line))
+        except (IOError, OSError):
+            pass
+
+
+class _Report:
+    """The pipe to the module: JSON lines, then closed (its descriptor number may be reused afterwards)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def send(self, message):
+        if self.fd is None:
+            raise OSError(errno.EPIPE, "the report is closed")
+        os.write(self.fd, (json.dumps(message) + "\n").encode("utf-8"))
+
+    def try_send(self, message):
+        try:
+            self.send(message)
+        except OSError:
+            pass
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _holder(out, job):
@@ -402,7 +432,7 @@ def _holder(out, job):
 
     def on_signal(signum, frame):
         if not state["holding"]:
-            raise _Interrupted("signal %d" % signum)
+            raise _Interrupted("interrupted by signal %d" % signum)
         state["stop"] = "signal %d" % signum
         wake.set()
 
@@ -410,41 +440,30 @@ def _holder(out, job):
         signal.signal(signum, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _detach(out)
-
-    def send(message):
-        os.write(out, (json.dumps(message) + "\n").encode("utf-8"))
-
+    report = _Report(out)
     session = None
     try:
-        send({"pid": os.getpid()})
+        report.send({"pid": os.getpid()})
         session = _open(job["settings"])
-        return _hold(session, job, out, send, state, wake)
+        return _hold(session, job, report, state, wake)
     except (TaskError, ZooError, LockLost, _Interrupted) as exc:
-        _try_send(send, {"ok": False, "error": "%s" % exc})
-        return 1
+        error = str(exc)
     except Exception as exc:
         error = "the lock holder failed: %s: %s" % (type(exc).__name__, exc)
-        _log("error", name=job["name"], owner=job["owner"], reason=error)
-        _try_send(send, {"ok": False, "error": error})
-        return 1
     finally:
         if session is not None:
             session.close()
+    _log(job, "error", reason=error)
+    report.try_send({"ok": False, "error": error})
+    return 1
 
 
-def _try_send(send, message):
-    try:
-        send(message)
-    except OSError:
-        pass
-
-
-def _hold(session, job, out, send, state, wake):
+def _hold(session, job, report, state, wake):
     settings, name, owner, lease = job["settings"], job["name"], job["owner"], job["lease"]
     contenders = _contenders(session, settings, name)
     mine = owned_by(contenders, owner)
     if contenders and contenders[0] in mine:
-        send(dict(_held_result(contenders[0], False), ok=True))
+        report.send(dict(_held_result(contenders[0], False), ok=True))
         return 0
 
     def is_mine(contender):
@@ -460,13 +479,13 @@ def _hold(session, job, out, send, state, wake):
     try:
         token = lock.acquire(job["wait"], on_wait=on_wait)
     except _SameOwner as exc:
-        send(dict(_held_result(exc.holder, False), ok=True))
+        report.send(dict(_held_result(exc.holder, False), ok=True))
         return 0
     except LockHeld as exc:
         if is_mine(exc.holder):
-            send(dict(_held_result(exc.holder, False), ok=True))
+            report.send(dict(_held_result(exc.holder, False), ok=True))
             return 0
-        send({
+        report.send({
             "ok": False,
             "error": "the lock %s is still held after waiting %gs: held by %s"
             % (name, job["wait"], describe_contender(exc.holder)),
@@ -483,39 +502,41 @@ def _hold(session, job, out, send, state, wake):
     if not ours:
         raise LockLost("the lock %s was released while it was being reported" % name)
     try:
-        send(dict(_held_result(ours[0], True), ok=True))
+        report.send(dict(_held_result(ours[0], True), ok=True))
     except OSError:  # the module is gone: nobody knows this lock is held, so it is not
         lock.withdraw()
-        _log("abandoned", name=name, owner=owner, token=token)
+        _log(job, "abandoned", token=token, reason="the module did not take the report")
         return 1
-    os.close(out)
-    _log("acquired", name=name, owner=owner, token=token, lease=lease)
-    reason = _keep(lock, job.get("watch"), lease_end, state, wake)
+    report.close()
+    _log(job, "acquired", token=token, lease=lease, watch=(job.get("watch") or [None])[0])
+    _keep(lock, job.get("watch"), lease_end, state, wake)
     if lock.path is not None:
         lock.withdraw()
-    _log("ended" if reason != "lost" else "lost", name=name, owner=owner, token=token, reason=state["stop"])
+    _log(job, "ended", token=token, reason=state["stop"])
     return 0
 
 
 def _keep(lock, watch, lease_end, state, wake):
-    """Keep the session until there is a reason to stop; returns "lost" or "done"."""
+    """Keep the session until there is a reason to stop, which goes to state["stop"]."""
     guard = Guard(lock, wake.set)
     guard.start()
     try:
         while True:
             if guard.lost.is_set():
                 state["stop"] = guard.reason
+                if "deleted" in (guard.reason or ""):
+                    state["stop"] = "released: its lock node was deleted (a state=released task, or broken)"
                 lock.path = None  # the node is gone (released, broken or expired): nothing to withdraw
-                return "lost"
+                return
             if state["stop"]:
-                return "done"
+                return
             now = time.monotonic()
             if now >= lease_end:
                 state["stop"] = "the lease ended"
-                return "done"
+                return
             if watch is not None and not _run_alive(watch):
                 state["stop"] = "the ansible-playbook run (pid %d) ended" % watch[0]
-                return "done"
+                return
             wake.wait(min(WATCH_INTERVAL, lease_end - now))
             wake.clear()
     finally:

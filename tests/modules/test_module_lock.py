@@ -1,0 +1,289 @@
+# -*- coding: utf-8 -*-
+"""zoolocked.cron.lock and lock_info through the real ansible-playbook, against a real ZooKeeper."""
+
+import getpass
+import json
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from zkharness import REPO_ROOT, parse_log, pid_alive, wait_for
+
+ZOO_LOCKED = os.path.join(REPO_ROOT, ".venv", "bin", "zoo-locked")
+SESSION_TIMEOUT = 2  # as ZOO_LOCKED_SESSION_TIMEOUT in the modules conftest
+
+LOCK = "zoolocked.cron.lock"
+INFO = "zoolocked.cron.lock_info"
+
+
+def zoo_locked_run(name, marker, *options):
+    """A task that runs the runner on NAME (it must not start COMMAND while a playbook holds NAME)."""
+    return {
+        "ansible.builtin.command": {"argv": [ZOO_LOCKED, "run", name] + list(options) + ["--", "touch", marker]},
+        "register": reg(marker),
+        "failed_when": False,
+    }
+
+
+def reg(marker):
+    """The variable a zoo_locked_run task registers."""
+    return "run_" + re.sub(r"\W", "_", os.path.basename(marker))
+
+
+def contenders(kazoo, zk, name):
+    from kazoo.exceptions import NoNodeError
+
+    try:
+        return kazoo.get_children(zk.lock_path(name))
+    except NoNodeError:
+        return []
+
+
+def holder_data(kazoo, zk, name):
+    nodes = sorted(contenders(kazoo, zk, name), key=lambda n: int(n.rsplit("__lock__", 1)[1]))
+    if not nodes:
+        return None
+    return json.loads(kazoo.get("%s/%s" % (zk.lock_path(name), nodes[0]))[0].decode())
+
+
+def test_acquire_holds_after_the_task_until_released(ansible, kazoo, zk):
+    held_marker = ansible.path("ran-while-held")
+    free_marker = ansible.path("ran-when-free")
+    tasks = [
+        {"name": "check mode predicts the acquire", LOCK: {"name": "invoice"}, "check_mode": True,
+         "register": "predicted"},
+        {"name": "check mode touched nothing", INFO: {"names": ["invoice"]}, "register": "info_before"},
+        {"name": "acquire", LOCK: {"name": "invoice", "purpose": "schema migration 7", "lease": 600},
+         "register": "acquired"},
+        {"name": "the lock is held in a later task", INFO: {"names": ["invoice"]}, "register": "info_held"},
+        {"name": "all locks under the root", INFO: {}, "register": "info_all"},
+        dict(zoo_locked_run("invoice", held_marker), name="the cron job does not start"),
+        {"name": "acquire again", LOCK: {"name": "invoice"}, "register": "again"},
+        {"name": "check mode predicts the release", LOCK: {"name": "invoice", "state": "released"},
+         "check_mode": True, "register": "release_predicted"},
+        {"name": "still held", INFO: {"names": ["invoice"]}, "register": "info_still"},
+        {"name": "release", LOCK: {"name": "invoice", "state": "released"}, "register": "released"},
+        {"name": "release again", LOCK: {"name": "invoice", "state": "released"}, "register": "released_again"},
+        {"name": "free", INFO: {"names": ["invoice"]}, "register": "info_free"},
+        dict(zoo_locked_run("invoice", free_marker, "--wait", "5"), name="the cron job runs again"),
+    ]
+    keep = ["predicted", "info_before", "acquired", "info_held", "info_all", reg(held_marker),
+            "again", "release_predicted", "info_still", "released", "released_again", "info_free",
+            reg(free_marker)]
+    result = ansible.run(tasks, keep).succeeded()
+
+    predicted = result["predicted"]
+    assert predicted["changed"] and predicted["holder"] is None, predicted
+    assert not result["info_before"]["locks"][0]["held"]
+
+    acquired = result["acquired"]
+    assert acquired["changed"] is True
+    # The default owner names this ansible-playbook run (the action plugin's parent is the main process).
+    assert acquired["owner"] == "ansible-playbook:%s@%s:%d" % (
+        getpass.getuser(), socket.gethostname(), result.pid), acquired
+    holder = acquired["holder"]
+    assert holder["kind"] == "hold" and holder["owner"] == acquired["owner"]
+    assert holder["purpose"] == "schema migration 7"
+    assert isinstance(acquired["token"], int) and acquired["token"] == holder["token"]
+    assert acquired["expires_at"] == holder["expires_at"]
+    assert re.match(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z", acquired["expires_at"])
+
+    lock = result["info_held"]["locks"][0]
+    assert lock["held"] and lock["name"] == "invoice" and lock["waiters"] == []
+    assert (lock["owner"], lock["token"], lock["purpose"]) == (acquired["owner"], acquired["token"], "schema migration 7")
+    assert lock["since"] == holder["since"]
+    assert [entry["name"] for entry in result["info_all"]["locks"]] == ["invoice"]
+
+    ran_held = result[reg(held_marker)]
+    assert ran_held["rc"] == 75, ran_held
+    assert "skipped" in ran_held["stderr"] and acquired["owner"] in ran_held["stderr"]
+    assert not os.path.exists(held_marker)
+
+    assert result["again"]["changed"] is False and result["again"]["token"] == acquired["token"]
+    assert result["release_predicted"]["changed"] is True
+    assert result["info_still"]["locks"][0]["token"] == acquired["token"]
+
+    released = result["released"]
+    assert released["changed"] is True and released["token"] == acquired["token"]
+    assert result["released_again"]["changed"] is False
+    assert not result["info_free"]["locks"][0]["held"]
+    ran_free = result[reg(free_marker)]
+    assert ran_free["rc"] == 0 and os.path.exists(free_marker), ran_free
+
+    # The detached holder saw its node deleted and went away.
+    ansible.wait_gone(holder["pid"], 5)
+    assert "released" in ansible.holder_events()
+    assert contenders(kazoo, zk, "invoice") == []
+
+
+def test_acquire_waits_for_a_running_job_then_fails_naming_it(ansible, runner):
+    ready, until = ansible.path("job-ready"), ansible.path("job-may-end")
+    job = runner.start("invoice", runner.worker(ready=ready, until=until), "--owner", "cron-invoice",
+                       "--purpose", "nightly invoice run")
+    wait_for(lambda: os.path.exists(ready), 20, message="the cron job to start")
+    tasks = [
+        {"name": "the running job holds the lock off", LOCK: {"name": "invoice", "wait": 1}, "register": "busy",
+         "ignore_errors": True},
+        {"name": "check mode warns who holds it", LOCK: {"name": "invoice"}, "check_mode": True,
+         "register": "busy_predicted"},
+        {"name": "let the job end", "ansible.builtin.file": {"path": until, "state": "touch", "mode": "0644"}},
+        {"name": "acquire once the job is done", LOCK: {"name": "invoice", "wait": 30}, "register": "got"},
+        {"name": "release", LOCK: {"name": "invoice", "state": "released"}, "register": "released"},
+    ]
+    result = ansible.run(tasks, ["busy", "busy_predicted", "got", "released"]).succeeded()
+    busy = result["busy"]
+    assert busy["failed"], busy
+    message = busy["msg"]
+    for expected in ("invoice", "after waiting 1s", "cron-invoice", "nightly invoice run", socket.gethostname(),
+                     "since 20"):
+        assert expected in message, message
+    assert busy["holder"]["kind"] == "run" and busy["holder"]["owner"] == "cron-invoice"
+    assert busy_token(job) == busy["holder"]["token"]
+    predicted = result["busy_predicted"]
+    assert predicted["changed"] and predicted["holder"]["owner"] == "cron-invoice"
+    assert any("cron-invoice" in w for w in predicted.get("warnings", [])), predicted
+    assert job.wait(10).returncode == 0
+    got = result["got"]
+    assert got["changed"] and got["token"] > busy["holder"]["token"]
+    assert result["released"]["changed"]
+
+
+def busy_token(job):
+    """The token a background runner logged when it took its lock."""
+    found = wait_for(lambda: [f for e, f in parse_log(job.stderr) if e == "acquired"], 10,
+                     message="the runner's acquired line")
+    return int(found[0]["token"])
+
+
+def test_lease_ends_the_hold(ansible, kazoo, zk):
+    tasks = [
+        {"name": "acquire for two seconds", LOCK: {"name": "report", "lease": 2, "owner": "ops-lease-test"},
+         "register": "acquired"},
+        {"name": "the cron job waits for the lease to end, then runs", "ansible.builtin.command": {
+            "argv": [ZOO_LOCKED, "run", "report", "--wait", "20", "--", "true"]}, "register": "job"},
+        {"name": "nothing left to release", LOCK: {"name": "report", "state": "released", "owner": "ops-lease-test"},
+         "register": "released"},
+    ]
+    result = ansible.run(tasks, ["acquired", "job", "released"]).succeeded()
+    acquired, job = result["acquired"], result["job"]
+    assert acquired["changed"] and acquired["owner"] == "ops-lease-test"
+    waited = [f for e, f in parse_log(job["stderr"]) if e == "acquired"][0]["waited"]
+    assert 0.5 < float(waited.rstrip("s")) < 2.5 + SESSION_TIMEOUT, job["stderr"]
+    assert result["released"]["changed"] is False
+    ansible.wait_gone(acquired["holder"]["pid"], 5)
+    assert "the lease ended" in ansible.holder_events()
+    assert contenders(kazoo, zk, "report") == []
+
+
+@pytest.mark.parametrize("owner", [None, "ops-explicit"], ids=["default-owner", "explicit-owner"])
+def test_sigkill_of_ansible_playbook_frees_the_lock(ansible, kazoo, zk, owner):
+    """Default owner, holder on the controller: freed when the run dies. Explicit owner: at the lease end."""
+    state, never = ansible.path("acquired") + ".json", ansible.path("never")
+    lease = 6
+    args = {"name": "deploy", "lease": lease}
+    if owner:
+        args["owner"] = owner
+    tasks = [
+        {"name": "acquire", LOCK: args, "register": "acquired"},
+        {"name": "tell the test", "ansible.builtin.copy": {"content": "{{ acquired | to_json }}", "dest": state,
+                                                          "mode": "0644"}},
+        {"name": "work for long", "ansible.builtin.wait_for": {"path": never, "timeout": 120}},
+    ]
+    run = ansible.start(tasks)
+    wait_for(lambda: os.path.exists(state) and os.path.getsize(state), 60, message="the lock to be taken")
+    with open(state) as handle:
+        acquired = json.load(handle)
+    assert holder_data(kazoo, zk, "deploy")["owner"] == acquired["owner"]
+    os.kill(run.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    if owner is None:
+        wait_for(lambda: not contenders(kazoo, zk, "deploy"), 5, message="the lock to be freed")
+    else:
+        time.sleep(1.5)  # longer than the default owner's case needs: this lock must outlive its run
+        assert holder_data(kazoo, zk, "deploy")["owner"] == owner
+        wait_for(lambda: not contenders(kazoo, zk, "deploy"), lease + 3, message="the lease to end")
+        assert time.monotonic() - killed > 1.5
+    ansible.wait_gone(acquired["holder"]["pid"], 5)
+    events = ansible.holder_events()
+    assert ("ansible-playbook run (pid %d) ended" % run.pid if owner is None else "the lease ended") in events
+
+
+def race_tasks(ansible, wait, go):
+    state = ansible.path("state") + ".json"
+    return state, [
+        {"name": "acquire", LOCK: {"name": "deploy", "wait": wait}, "register": "acquired", "ignore_errors": True},
+        {"name": "tell the test", "ansible.builtin.copy": {"content": "{{ acquired | to_json }}", "dest": state,
+                                                          "mode": "0644"}},
+        {"name": "hold it until the test says go", "ansible.builtin.wait_for": {"path": go, "timeout": 60},
+         "when": "acquired is succeeded"},
+        {"name": "release", LOCK: {"name": "deploy", "state": "released"}, "when": "acquired is succeeded"},
+    ]
+
+
+def read_json(path):
+    if not os.path.exists(path) or not os.path.getsize(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def test_two_playbooks_racing_without_waiting_one_fails_cleanly(ansible, kazoo, zk):
+    go = ansible.path("go")
+    (state_a, tasks_a), (state_b, tasks_b) = race_tasks(ansible, 0, go), race_tasks(ansible, 0, go)
+    runs = [ansible.start(tasks_a), ansible.start(tasks_b)]
+    wait_for(lambda: read_json(state_a) and read_json(state_b), 60, message="both playbooks to try")
+    results = [read_json(state_a), read_json(state_b)]
+    winners = [r for r in results if not r.get("failed")]
+    losers = [r for r in results if r.get("failed")]
+    assert len(winners) == 1 and len(losers) == 1, results
+    assert "held by %s" % winners[0]["owner"] in losers[0]["msg"]
+    assert losers[0]["holder"]["token"] == winners[0]["token"]
+    assert [holder_data(kazoo, zk, "deploy")["owner"]] == [winners[0]["owner"]]
+    assert len(contenders(kazoo, zk, "deploy")) == 1  # the loser left nothing behind
+    open(go, "w").close()
+    for run in runs:
+        run.wait(60).succeeded()
+    wait_for(lambda: not contenders(kazoo, zk, "deploy"), 5, message="the lock to be freed")
+
+
+def test_two_playbooks_racing_with_waiting_take_turns(ansible, kazoo, zk):
+    go = ansible.path("go")
+    (state_a, tasks_a), (state_b, tasks_b) = race_tasks(ansible, 60, go), race_tasks(ansible, 60, go)
+    runs = [ansible.start(tasks_a), ansible.start(tasks_b)]
+    first = wait_for(lambda: read_json(state_a) or read_json(state_b), 60, message="one playbook to hold the lock")
+    assert first["changed"] and not first.get("failed"), first
+    # The other one queues behind it and does not hold the lock.
+    wait_for(lambda: len(contenders(kazoo, zk, "deploy")) == 2, 30, message="the second playbook to queue")
+    assert holder_data(kazoo, zk, "deploy")["owner"] == first["owner"]
+    assert [read_json(state_a), read_json(state_b)].count(None) == 1
+    open(go, "w").close()
+    for run in runs:
+        run.wait(60).succeeded()
+    second = [r for r in (read_json(state_a), read_json(state_b)) if r["owner"] != first["owner"]][0]
+    assert second["changed"] and second["token"] > first["token"]
+    wait_for(lambda: not contenders(kazoo, zk, "deploy"), 5, message="the lock to be freed")
+
+
+def test_hosts_of_one_run_share_its_lock(ansible, kazoo, zk):
+    out = ansible.tmp
+    tasks = [
+        {"name": "acquire on every host at once", LOCK: {"name": "deploy"}, "register": "acquired"},
+        {"name": "save", "ansible.builtin.copy": {"content": "{{ acquired | to_json }}",
+                                                  "dest": out + "/acquired-{{ inventory_hostname }}.json",
+                                                  "mode": "0644"}, "delegate_to": "localhost"},
+        {"name": "release on every host", LOCK: {"name": "deploy", "state": "released"}, "register": "released"},
+        {"name": "save", "ansible.builtin.copy": {"content": "{{ released | to_json }}",
+                                                  "dest": out + "/released-{{ inventory_hostname }}.json",
+                                                  "mode": "0644"}, "delegate_to": "localhost"},
+    ]
+    ansible.run(tasks, inventory=ansible.inventory(["node1", "node2", "node3"]), hosts="all").succeeded()
+    acquired = [read_json("%s/acquired-node%d.json" % (out, i)) for i in (1, 2, 3)]
+    released = [read_json("%s/released-node%d.json" % (out, i)) for i in (1, 2, 3)]
+    assert sorted(a["changed"] for a in acquired) == [False, False, True], acquired
+    assert len(set(a["token"] for a in acquired)) == 1
+    assert sorted(r["changed"] for r in released) == [False, False, True], released
+    assert not contenders(kazoo, zk, "deploy")
