@@ -64,7 +64,9 @@ def connection_settings(params, environ=None):
 
 def check_seconds(value, option, positive=False):
     """A number of seconds from 0 (or above 0) to MAX_SECONDS, or ConfigError naming the option."""
-    seconds = _config.check_seconds(value, "option %s" % option, 0.0, MAX_SECONDS)
+    seconds = _config.check_seconds(value, "option %s" % option, 0.0)
+    if seconds > MAX_SECONDS:
+        raise _config.ConfigError("option %s: must be at most %d seconds (31 days), got %r" % (option, MAX_SECONDS, value))
     if positive and seconds == 0:
         raise _config.ConfigError("option %s: must be more than 0 seconds, got %r" % (option, value))
     return seconds

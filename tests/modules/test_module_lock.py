@@ -287,3 +287,67 @@ def test_hosts_of_one_run_share_its_lock(ansible, kazoo, zk):
     assert len(set(a["token"] for a in acquired)) == 1
     assert sorted(r["changed"] for r in released) == [False, False, True], released
     assert not contenders(kazoo, zk, "deploy")
+
+
+def test_maintenance_playbook_pauses_jobs_and_always_releases(ansible, kazoo, zk):
+    playbook = os.path.join(REPO_ROOT, "playbooks", "maintenance.yml")
+    marker, codes = ansible.path("job-ran"), ansible.path("job-exit-codes")
+    work = "sh -c '%s run invoice -- touch %s; echo $? >> %s; %s run report -- touch %s; echo $? >> %s'" % (
+        ZOO_LOCKED, marker, codes, ZOO_LOCKED, marker, codes)
+    extra = {"maintenance_jobs": ["invoice", "report"], "maintenance_command": work, "maintenance_wait": 5}
+    run = ansible.start([], playbook=playbook, args=["-e", json.dumps(extra)])
+    run.wait(90).succeeded()
+    with open(codes) as handle:
+        assert handle.read().split() == ["75", "75"]  # both jobs skipped: paused
+    assert not os.path.exists(marker)
+    assert not contenders(kazoo, zk, "invoice") and not contenders(kazoo, zk, "report")
+
+    # The work fails: the play fails, and the locks are released all the same.
+    extra["maintenance_command"] = "false"
+    failed = ansible.start([], playbook=playbook, args=["-e", json.dumps(extra)]).wait(90)
+    assert failed.returncode == 2, failed
+    assert "Release the jobs' locks" in failed.output
+    assert not contenders(kazoo, zk, "invoice") and not contenders(kazoo, zk, "report")
+    assert ansible.holder_events().count("released: its lock node was deleted") == 4
+
+
+def test_bad_options_fail_clearly(ansible, zk):
+    from zkharness import free_port
+
+    nobody = "127.0.0.1:%d" % free_port()
+    cases = [
+        ("bad_name", LOCK, {"name": "../etc"}, None, "option name: bad lock name '../etc'"),
+        ("bad_state", LOCK, {"name": "x", "state": "held"}, None, "value of state must be one of: acquired, released"),
+        ("zero_lease", LOCK, {"name": "x", "lease": 0}, None, "option lease: must be more than 0 seconds"),
+        ("negative_wait", LOCK, {"name": "x", "wait": -1}, None, "option wait: must be at least 0 seconds"),
+        ("not_seconds", LOCK, {"name": "x", "wait": "soon"}, None, "wait"),
+        ("bad_hosts", LOCK, {"name": "x", "hosts": "zk1:99999"}, None, "option hosts: 'zk1:99999' is not HOST[:PORT]"),
+        ("bad_root", LOCK, {"name": "x", "root": "zoo"}, None, "option root: root must be an absolute ZooKeeper path"),
+        ("force_acquire", LOCK, {"name": "x", "force": True}, None, "option force: applies only to state=released"),
+        ("tls", LOCK, {"name": "x", "tls": True}, None, "option tls: TLS connections to ZooKeeper are not supported"),
+        ("bad_env", LOCK, {"name": "x"}, {"ZOO_LOCKED_SESSION_TIMEOUT": "long"},
+         "environment variable ZOO_LOCKED_SESSION_TIMEOUT: expected a number of seconds"),
+        ("missing_config", LOCK, {"name": "x", "config": "/nonexistent/zoo-locked.conf"}, None,
+         "config file /nonexistent/zoo-locked.conf: cannot read it"),
+        ("no_server", LOCK, {"name": "x", "hosts": nobody, "connect_timeout": 1}, None,
+         "no ZooKeeper server of %s answered within 1s" % nobody),
+        ("info_bad_name", INFO, {"names": ["ok", "a/b"]}, None, "option names: bad lock name 'a/b'"),
+        ("info_no_server", INFO, {"hosts": nobody, "connect_timeout": 1}, None, "no ZooKeeper server of"),
+        ("unknown_option", LOCK, {"name": "x", "timeout": 5}, None, "Unsupported parameters"),
+    ]
+    tasks = []
+    for register, module, args, env, _ in cases:
+        task = {"name": register, module: args, "register": register, "ignore_errors": True}
+        if env:
+            task["environment"] = env
+        tasks.append(task)
+    # A credential is never shown, not even with -vvv.
+    tasks.append({"name": "auth", INFO: {"auth": [{"credential": "operator:s3cr3t-w0rd"}]}, "register": "auth"})
+    result = ansible.run(tasks, [c[0] for c in cases] + ["auth"], args=["-vvv"])
+    for register, _, _, _, expected in cases:
+        outcome = result[register]
+        assert outcome["failed"], (register, outcome)
+        assert expected in outcome["msg"], (register, outcome["msg"])
+    assert result["auth"]["locks"] == [] and not result["auth"].get("failed")
+    assert "s3cr3t-w0rd" not in result.output
+    assert result.returncode == 0, result.output
