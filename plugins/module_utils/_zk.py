@@ -92,9 +92,11 @@ class Session:
         return self.negotiated_timeout or self.requested_timeout
 
     def start(self):
-        try:
-            self.client.start(timeout=self.connect_timeout)
-        except KazooTimeoutError:
+        # Not client.start(timeout): on a time-out it calls stop() itself, which waits up to ten seconds for
+        # a connection thread stuck in a handshake with a server that accepts but never answers.
+        connected = self.client.start_async()
+        connected.wait(self.connect_timeout)
+        if not self.client.connected:
             self.close(timeout=1.0)
             raise ZooUnavailable(
                 "no ZooKeeper server of %s answered within %gs (connect timeout)" % (self.hosts, self.connect_timeout)
