@@ -271,7 +271,7 @@ def _run_to_watch(owner):
         return None
     wanted = int(match.group(1))
     pid = os.getppid()
-    for _ in range(64):
+    for _hop in range(64):
         if pid <= 1:
             return None
         stat = _proc_stat(pid)

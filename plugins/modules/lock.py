@@ -96,7 +96,7 @@ options:
 seealso:
   - module: zoolocked.cron.lock_info
 author:
-  - zoo-locked maintainers
+  - zoo-locked maintainers (@zoolocked)
 """
 
 EXAMPLES = r"""

@@ -31,7 +31,7 @@ options:
 seealso:
   - module: zoolocked.cron.lock
 author:
-  - zoo-locked maintainers
+  - zoo-locked maintainers (@zoolocked)
 """
 
 EXAMPLES = r"""

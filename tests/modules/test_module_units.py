@@ -115,7 +115,8 @@ def spawn(tmp_path, zk, **job):
     }
     base.update(job)
     script = HOLDER_SCRIPT % {"lib": os.path.join(REPO_ROOT, ".venv", "lib", "zoo-locked")}
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(base)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(base)], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
