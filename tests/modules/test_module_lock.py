@@ -7,6 +7,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -336,13 +338,20 @@ def test_bad_options_fail_clearly(ansible, zk):
         if env:
             task["environment"] = env
         tasks.append(task)
+    # The import guard: a Python without kazoo gets Ansible's missing-library message.
+    bare = os.path.join(ansible.tmp, "no-kazoo")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", bare], check=True, timeout=60)
+    tasks.append({"name": "no kazoo", INFO: {}, "register": "no_kazoo", "ignore_errors": True,
+                  "vars": {"ansible_python_interpreter": os.path.join(bare, "bin", "python")}})
     # A credential is never shown, not even with -vvv.
     tasks.append({"name": "auth", INFO: {"auth": [{"credential": "operator:s3cr3t-w0rd"}]}, "register": "auth"})
-    result = ansible.run(tasks, [c[0] for c in cases] + ["auth"], args=["-vvv"])
+    result = ansible.run(tasks, [c[0] for c in cases] + ["no_kazoo", "auth"], args=["-vvv"])
     for register, _module, _args, _env, expected in cases:
         outcome = result[register]
         assert outcome["failed"], (register, outcome)
         assert expected in outcome["msg"], (register, outcome["msg"])
+    no_kazoo = result["no_kazoo"]
+    assert no_kazoo["failed"] and "Failed to import the required Python library (kazoo)" in no_kazoo["msg"], no_kazoo
     assert result["auth"]["locks"] == [] and not result["auth"].get("failed")
     assert "s3cr3t-w0rd" not in result.output
     assert result.returncode == 0, result.output

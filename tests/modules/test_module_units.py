@@ -149,3 +149,25 @@ def test_a_holder_that_cannot_connect_reports_it(tmp_path, zk):
     report = spawn(tmp_path, zk, settings=settings)
     assert not report["ok"] and "answered within 0.5s" in report["error"]
     assert time.monotonic() - started < 10
+
+
+def test_ansible_doc_renders_both_modules(tmp_path):
+    from zkharness import REPO_ROOT as repo
+
+    tree = tmp_path / "ansible_collections" / "zoolocked"
+    tree.mkdir(parents=True)
+    os.symlink(repo, str(tree / "cron"))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp_path), ANSIBLE_NOCOLOR="1")
+    out = subprocess.run([os.path.join(repo, ".venv", "bin", "ansible-doc"), "--json", "zoolocked.cron.lock",
+                          "zoolocked.cron.lock_info"], capture_output=True, text=True, env=env, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    docs = json.loads(out.stdout)
+    for name in ("zoolocked.cron.lock", "zoolocked.cron.lock_info"):
+        doc = docs[name]
+        assert doc["examples"].strip() and doc["return"], name
+        attributes = doc["doc"]["attributes"]
+        assert attributes["check_mode"]["support"] == "full" and attributes["idempotent"]["support"] == "full"
+        assert {"hosts", "root", "session_timeout", "auth", "tls"} <= set(doc["doc"]["options"]), name
+    assert docs["zoolocked.cron.lock"]["doc"]["options"]["auth"]["suboptions"]["credential"]["required"]
+    assert set(docs["zoolocked.cron.lock"]["return"]) >= {"name", "owner", "token", "holder", "expires_at"}
