@@ -16,17 +16,21 @@ from ansible.plugins.action import ActionBase
 
 
 def run_owner():
-    """PROGRAM:USER@CONTROLLER:PID of this ansible-playbook (or ansible) run.
+    """The default owner: ansible-playbook:USER@CONTROLLER:PID for a playbook run, PROGRAM:USER@CONTROLLER else.
 
     Action plugins run in a worker process forked from the main process of the run (multiprocessing with
-    the fork start method), so the parent's pid names the run, the same for every task on every host.
+    the fork start method), so the parent's pid names the playbook run, the same for every task on every
+    host. An ad-hoc command (``ansible``) gets no pid: its locks outlive it, and a later ad-hoc command of
+    the same user on the same controller releases them.
     """
     try:
         user = getpass.getuser()
     except Exception:  # no user name for this uid (containers)
         user = str(os.getuid())
-    program = os.path.basename(sys.argv[0] or "ansible") or "ansible"
-    return "%s:%s@%s:%d" % (program, user, socket.gethostname(), os.getppid())
+    program = os.path.basename(sys.argv[0] or "") or "ansible"
+    if program == "ansible-playbook":
+        return "%s:%s@%s:%d" % (program, user, socket.gethostname(), os.getppid())
+    return "%s:%s@%s" % (program, user, socket.gethostname())
 
 
 class ActionModule(ActionBase):

@@ -22,6 +22,9 @@ description:
     the lock. With the default O(owner) and the module run on the controller (O(ignore:delegate_to=localhost)), the holder
     also releases the lock when the C(ansible-playbook) run ends without releasing it (killed, interrupted).
   - The holder logs to syslog as C(zoo-locked-hold) when it takes and lets go of a lock, and why.
+  - On a host where systemd-logind kills the processes of a session at logout (C(KillUserProcesses=yes), not the
+    default on Debian), a holder started over SSH dies with the connection and the lock frees at session expiry;
+    run the module on the controller there (C(delegate_to)).
   - The locks are fair (first come, first served) and carry a fencing token that grows with every new holder.
 extends_documentation_fragment:
   - zoolocked.cron._connection
@@ -79,6 +82,8 @@ options:
         the C(ansible-playbook) run, set by the action plugin. It is the same for every task of the run, on every
         host, so a later task of the same run releases it. Set an explicit owner to release the lock from another
         run (for instance to hold a job off across playbooks); such a lock is not tied to the run that took it.
+      - An ad-hoc command (C(ansible -m zoolocked.cron.lock)) defaults to C(ansible:USER@CONTROLLER), without a
+        pid - its lock outlives the command, and a later ad-hoc command of the same user releases it.
     type: str
   purpose:
     description:

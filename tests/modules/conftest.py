@@ -191,6 +191,16 @@ class Ansible:
     def run(self, tasks, keep=(), timeout=90.0, **kwargs):
         return self.start(tasks, keep, **kwargs).wait(timeout)
 
+    def adhoc(self, module, args, timeout=60.0):
+        """``ansible localhost -m MODULE -a ARGS``: (returncode, the JSON result of localhost, output)."""
+        cmd = [os.path.join(VENV_BIN, "ansible"), "-i", self.inventory(), "localhost", "-m", module, "-a",
+               json.dumps(args), "--one-line"]
+        done = subprocess.run(cmd, env=self.env(), cwd=self.tmp, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        line = [x for x in done.stdout.splitlines() if x.startswith("localhost | ")]
+        result = json.loads(line[0].split("=> ", 1)[1]) if line else None
+        return done.returncode, result, done.stdout + done.stderr
+
     def holder_events(self):
         try:
             with open(self.hold_log) as handle:

@@ -214,6 +214,18 @@ def test_sigkill_of_ansible_playbook_frees_the_lock(ansible, kazoo, zk, owner):
     assert ("ansible-playbook run (pid %d) ended" % run.pid if owner is None else "the lease ended") in events
 
 
+def test_ad_hoc_commands_hold_until_released(ansible, kazoo, zk):
+    """An ad-hoc command's lock outlives it; another ad-hoc command of the same user releases it."""
+    rc, acquired, output = ansible.adhoc(LOCK, {"name": "invoice", "lease": 60, "purpose": "hotfix"})
+    assert rc == 0 and acquired["changed"], output
+    assert acquired["owner"] == "ansible:%s@%s" % (getpass.getuser(), socket.gethostname())
+    assert holder_data(kazoo, zk, "invoice")["owner"] == acquired["owner"]  # still held after `ansible` ended
+    rc, released, output = ansible.adhoc(LOCK, {"name": "invoice", "state": "released"})
+    assert rc == 0 and released["changed"] and released["token"] == acquired["token"], output
+    assert not contenders(kazoo, zk, "invoice")
+    ansible.wait_gone(acquired["holder"]["pid"], 5)
+
+
 def race_tasks(ansible, wait, go):
     state = ansible.path("state") + ".json"
     return state, [
