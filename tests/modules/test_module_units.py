@@ -171,3 +171,13 @@ def test_ansible_doc_renders_both_modules(tmp_path):
         assert {"hosts", "root", "session_timeout", "auth", "tls"} <= set(doc["doc"]["options"]), name
     assert docs["zoolocked.cron.lock"]["doc"]["options"]["auth"]["suboptions"]["credential"]["required"]
     assert set(docs["zoolocked.cron.lock"]["return"]) >= {"name", "owner", "token", "holder", "expires_at"}
+
+
+def test_a_dead_holder_frees_the_lock_when_its_session_expires(tmp_path, zk, kazoo):
+    """What happens when the holder's host dies: nobody withdraws, ZooKeeper expires the session."""
+    report = spawn(tmp_path, zk)
+    pid = report["holder"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: kazoo.get_children(zk.lock_path("job")) == [], 2.0 + 5, message="the session to expire")
+    assert time.monotonic() - killed > 1.0  # not withdrawn: ZooKeeper freed it (2 s session)
