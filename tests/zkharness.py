@@ -17,7 +17,9 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ZOO_LOCKED = os.path.join(REPO_ROOT, ".venv", "bin", "zoo-locked")
+# The runner under test: the checkout's launcher (make venv), or another one (e.g. as the runner role
+# installs it) named by ZOO_LOCKED_TEST_BIN.
+ZOO_LOCKED = os.environ.get("ZOO_LOCKED_TEST_BIN") or os.path.join(REPO_ROOT, ".venv", "bin", "zoo-locked")
 
 # Debian's zookeeper.jar names its dependencies in its manifest (Class-Path), so the jar alone starts the
 # server; slf4j-simple is added so the server log goes somewhere (stderr, which we capture to a file).

@@ -116,3 +116,10 @@ def test_version(runner):
     assert res.returncode == 0, res
     assert re.search(r"[0-9]+\.[0-9]+", res.stdout + res.stderr), res
 
+
+
+def test_syslog_option_is_accepted(runner):
+    # This machine may have no syslog daemon (/dev/log): the events still go to stderr and COMMAND runs.
+    res = runner.run("syslogged", ["sh", "-c", "exit 4"], "--syslog")
+    assert res.returncode == 4, res
+    assert "acquired" in [e for e, _ in res.log_lines()], res
