@@ -103,9 +103,21 @@ def zk_server(tmp_path_factory):
     server.stop()
 
 
+_SKIPPED = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _SKIPPED.append(report.nodeid)
+
+
 def pytest_sessionfinish(session, exitstatus):
     stop_all_servers()
     kill_marked(_SESSION_MARK)
+    # A skipped test is a promise not kept: the run fails, and says which ones.
+    if _SKIPPED and session.exitstatus == 0:
+        sys.stderr.write("\nfailing the run: %d test(s) skipped: %s\n" % (len(_SKIPPED), ", ".join(_SKIPPED)))
+        session.exitstatus = 1
 
 
 class ZKTarget:

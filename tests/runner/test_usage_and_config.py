@@ -153,16 +153,6 @@ def test_unreadable_config_file(runner, kazoo, tmp_path, kind):
     _refused(runner, kazoo, res, 78, marker, str(path))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: a mode-000 file is readable to root")
-def test_unreadable_config_file_permissions(runner, kazoo, tmp_path):
-    path = tmp_path / "secret.conf"
-    path.write_text("[zoo-locked]\n")
-    path.chmod(0)
-    marker = runner.path("ran")
-    res = runner.raw(["run", "cfg"] + runner.conn() + ["--config", str(path), "--", "touch", marker])
-    _refused(runner, kazoo, res, 78, marker, str(path))
-
-
 BAD_ENV = {
     "ZOO_LOCKED_SESSION_TIMEOUT": "abc",
     "ZOO_LOCKED_CONNECT_TIMEOUT": "-1",
