@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 """zoolocked.cron.lock and lock_info through the real ansible-playbook, against a real ZooKeeper."""
 
+import calendar
 import getpass
 import json
 import os
@@ -161,20 +162,26 @@ def busy_token(job):
     return int(found[0]["token"])
 
 
+def epoch(iso):
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
 def test_lease_ends_the_hold(ansible, kazoo, zk):
     tasks = [
-        {"name": "acquire for two seconds", LOCK: {"name": "report", "lease": 2, "owner": "ops-lease-test"},
+        {"name": "acquire for three seconds", LOCK: {"name": "report", "lease": 3, "owner": "ops-lease-test"},
          "register": "acquired"},
         {"name": "the cron job waits for the lease to end, then runs", "ansible.builtin.command": {
-            "argv": [ZOO_LOCKED, "run", "report", "--wait", "20", "--", "true"]}, "register": "job"},
+            "argv": [ZOO_LOCKED, "run", "report", "--wait", "20", "--", "date", "+%s.%N"]}, "register": "job"},
         {"name": "nothing left to release", LOCK: {"name": "report", "state": "released", "owner": "ops-lease-test"},
          "register": "released"},
     ]
     result = ansible.run(tasks, ["acquired", "job", "released"]).succeeded()
     acquired, job = result["acquired"], result["job"]
     assert acquired["changed"] and acquired["owner"] == "ops-lease-test"
-    waited = [f for e, f in parse_log(job["stderr"]) if e == "acquired"][0]["waited"]
-    assert 0.5 < float(waited.rstrip("s")) < 2.5 + SESSION_TIMEOUT, job["stderr"]
+    # expires_at is truncated to the second: the lease ends within the second after it.
+    ends = epoch(acquired["expires_at"])
+    started = float(job["stdout"])
+    assert ends <= started < ends + 1 + SESSION_TIMEOUT, (acquired["expires_at"], started, job["stderr"])
     assert result["released"]["changed"] is False
     ansible.wait_gone(acquired["holder"]["pid"], 5)
     assert "the lease ended" in ansible.holder_events()
@@ -201,14 +208,12 @@ def test_sigkill_of_ansible_playbook_frees_the_lock(ansible, kazoo, zk, owner):
         acquired = json.load(handle)
     assert holder_data(kazoo, zk, "deploy")["owner"] == acquired["owner"]
     os.kill(run.pid, signal.SIGKILL)
-    killed = time.monotonic()
     if owner is None:
         wait_for(lambda: not contenders(kazoo, zk, "deploy"), 5, message="the lock to be freed")
     else:
-        time.sleep(1.5)  # longer than the default owner's case needs: this lock must outlive its run
-        assert holder_data(kazoo, zk, "deploy")["owner"] == owner
-        wait_for(lambda: not contenders(kazoo, zk, "deploy"), lease + 3, message="the lease to end")
-        assert time.monotonic() - killed > 1.5
+        # This lock outlives its run: free at the lease end (within the second after expires_at), not before.
+        wait_for(lambda: not contenders(kazoo, zk, "deploy"), lease + 5, message="the lease to end")
+        assert time.time() >= epoch(acquired["expires_at"]), acquired["expires_at"]
     ansible.wait_gone(acquired["holder"]["pid"], 5)
     events = ansible.holder_events()
     assert ("ansible-playbook run (pid %d) ended" % run.pid if owner is None else "the lease ended") in events
