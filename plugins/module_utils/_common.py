@@ -58,7 +58,10 @@ def connection_settings(params, environ=None):
             "the modules); connect without TLS"
         )
     settings = _config.resolve(flags, environ)
-    settings["auth"] = [(a["scheme"], a["credential"]) for a in params.get("auth") or []]
+    if params.get("auth"):
+        settings["auth"] = [(a["scheme"], a["credential"]) for a in params["auth"]]
+    else:  # whatever the runner's settings hold (once the runner reads credentials), else none
+        settings["auth"] = settings.get("auth") or []
     return settings
 
 

@@ -55,12 +55,18 @@ from ._lock import (
 from ._zk import Session, ZooError, quiet_kazoo
 
 try:
+    from kazoo.exceptions import KazooException
+except ImportError:  # the modules report a missing kazoo before they get here
+    KazooException = ZooError
+
+try:
     import syslog
 except ImportError:  # pragma: no cover - not on POSIX
     syslog = None
 
 # The owner the lock action plugin sets by default: PROGRAM:USER@CONTROLLER:PID of the ansible-playbook run.
 RUN_OWNER = re.compile(r"\A[A-Za-z0-9_.-]+:[^@\s]*@[^:\s]+:([0-9]+)\Z")
+ZOO_ERRORS = (ZooError, KazooException)
 REPORT_MARGIN = 5.0  # seconds the module waits for the holder beyond what the holder may take
 WATCH_INTERVAL = 1.0  # how often the holder looks at the ansible-playbook process it belongs to
 
@@ -92,14 +98,26 @@ def _open(settings):
         session.start()
     except ZooError as exc:
         raise TaskError(str(exc))
+    except KazooException as exc:
+        session.close(timeout=1.0)
+        raise TaskError(_describe(exc, settings))
     return session
+
+
+def _describe(exc, settings):
+    """A message for an error of kazoo's own (the bounded calls raise ZooError, which says what it is)."""
+    if isinstance(exc, ZooError):
+        return str(exc)
+    if type(exc).__name__ == "AuthFailedError":  # credentials, or a scheme the servers do not know
+        return "ZooKeeper %s refused the authentication (option auth)" % settings["hosts"]
+    return "ZooKeeper %s: %s %s" % (settings["hosts"], type(exc).__name__, exc)
 
 
 def _contenders(session, settings, name):
     try:
         return read_contenders(session, lock_path(settings["root"], name), session.session_timeout)
-    except ZooError as exc:
-        raise TaskError("reading the lock %s: %s" % (name, exc))
+    except ZOO_ERRORS as exc:
+        raise TaskError("reading the lock %s: %s" % (name, _describe(exc, settings)))
 
 
 # --- lock_info --------------------------------------------------------------------------------------------
@@ -115,8 +133,8 @@ def lock_info(params):
     session = _open(settings)
     try:
         locks = status(session, settings["root"], names, session.session_timeout)
-    except ZooError as exc:
-        raise TaskError("reading the locks under %s: %s" % (settings["root"], exc))
+    except ZOO_ERRORS as exc:
+        raise TaskError("reading the locks under %s: %s" % (settings["root"], _describe(exc, settings)))
     finally:
         session.close()
     for lock in locks:
@@ -216,8 +234,8 @@ def _release(job, force, check_mode):
                 try:
                     if delete_contender(session, settings["root"], name, contender.node, session.session_timeout):
                         released.append(contender)
-                except ZooError as exc:
-                    raise TaskError("releasing the lock %s: %s" % (name, exc))
+                except ZOO_ERRORS as exc:
+                    raise TaskError("releasing the lock %s: %s" % (name, _describe(exc, settings)))
     finally:
         session.close()
     if not released:
@@ -446,8 +464,10 @@ def _holder(out, job):
         report.send({"pid": os.getpid()})
         session = _open(job["settings"])
         return _hold(session, job, report, state, wake)
-    except (TaskError, ZooError, LockLost, _Interrupted) as exc:
+    except (TaskError, LockLost, _Interrupted) as exc:
         error = str(exc)
+    except ZOO_ERRORS as exc:
+        error = _describe(exc, job["settings"])
     except Exception as exc:
         error = "the lock holder failed: %s: %s" % (type(exc).__name__, exc)
     finally:

@@ -347,6 +347,7 @@ def test_bad_options_fail_clearly(ansible, zk):
          "config file /nonexistent/zoo-locked.conf: cannot read it"),
         ("no_server", LOCK, {"name": "x", "hosts": nobody, "connect_timeout": 1}, None,
          "no ZooKeeper server of %s answered within 1s" % nobody),
+        ("bad_auth", INFO, {"auth": [{"scheme": "bogus", "credential": "x:y"}]}, None, "refused"),
         ("info_bad_name", INFO, {"names": ["ok", "a/b"]}, None, "option names: bad lock name 'a/b'"),
     ]
     tasks = []
