@@ -25,11 +25,22 @@ DEFAULTS = {
     "connect_timeout": 5.0,
 }
 
+# Security settings: from the config file or the environment, never from the command line (ps shows it).
+SECURITY_DEFAULTS = {
+    "auth": None,  # "digest:USER:PASSWORD"
+    "tls": False,
+    "tls_ca_cert": None,
+    "tls_client_cert": None,
+    "tls_client_key": None,
+    "tls_validate_certs": True,
+}
 # Settings only the runner uses; the config file may set them too.
 RUNNER_DEFAULTS = {
     "metrics_dir": None,
 }
 FILE_KEYS = dict(DEFAULTS, **RUNNER_DEFAULTS)
+FILE_KEYS.update(SECURITY_DEFAULTS)
+AUTH_SCHEMES = ("digest",)
 
 # Environment variables, and the setting each one sets.
 ENVIRONMENT = {
@@ -37,6 +48,7 @@ ENVIRONMENT = {
     "ZOO_LOCKED_ROOT": "root",
     "ZOO_LOCKED_SESSION_TIMEOUT": "session_timeout",
     "ZOO_LOCKED_CONNECT_TIMEOUT": "connect_timeout",
+    "ZOO_LOCKED_AUTH": "auth",
 }
 
 # ZooKeeper itself refuses session timeouts outside [2, 20] ticks; these bounds only catch nonsense.
@@ -103,11 +115,47 @@ def check_seconds(value, where, low=0.0, high=None):
     return seconds
 
 
+def check_auth(value, where):
+    """[(scheme, credential)] for kazoo from "digest:USER:PASSWORD". The message never shows the secret."""
+    scheme, _, credential = str(value).partition(":")
+    user, _, password = credential.partition(":")
+    if scheme not in AUTH_SCHEMES or not user or not password:
+        raise ConfigError(
+            "%s: expected digest:USER:PASSWORD (USER without ':'; the value is not shown here because it may "
+            "hold a password)" % where
+        )
+    return [(scheme, credential)]
+
+
+def check_bool(value, where):
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError("%s: expected true or false, got %r" % (where, value))
+
+
+def check_file(value, where):
+    value = str(value)
+    if not value.startswith("/"):
+        raise ConfigError("%s: must be an absolute file path, got %r" % (where, value))
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise ConfigError("%s: %s is not a readable file" % (where, value))
+    return value
+
+
 def check_setting(key, value, where):
     if key == "hosts":
         return check_hosts(value, where)
     if key == "root":
         return check_root(value, where)
+    if key == "auth":
+        return check_auth(value, where)
+    if key in ("tls", "tls_validate_certs"):
+        return check_bool(value, where)
+    if key in ("tls_ca_cert", "tls_client_cert", "tls_client_key"):
+        return check_file(value, where)
     if key == "metrics_dir":
         value = str(value)
         if not value.startswith("/"):
@@ -142,6 +190,13 @@ def read_config_file(path, required):
             % (path, CONFIG_SECTION, ", found [%s]" % "], [".join(extra) if extra else "")
         )
     settings = {}
+    if parser.has_option(CONFIG_SECTION, "auth"):
+        mode = os.stat(path).st_mode
+        if mode & 0o007:
+            raise ConfigError(
+                "config file %s holds credentials (auth) but other users may read it (mode %04o): "
+                "chmod o-rwx %s (the runner role installs it as 0640 root:zoo-locked)" % (path, mode & 0o7777, path)
+            )
     for key, value in parser.items(CONFIG_SECTION):
         if key not in FILE_KEYS:
             raise ConfigError(

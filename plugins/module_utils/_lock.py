@@ -179,6 +179,69 @@ def status(session, root, names, timeout):
     return locks
 
 
+def acl_problems(session, paths, timeout):
+    """[(path, problem)] for nodes among ``paths`` whose ACL is weaker than the session's credentials ask for.
+
+    With digest credentials, only the cluster's identity may create, change or delete in the lock tree;
+    anyone may at most read. Paths that do not exist are fine: they will be created with the right ACL.
+    ZooKeeper does not show digest hashes when it lists ACLs, so the identity is matched by user name.
+    """
+    if session.acl is None:
+        return []
+    deadline = time.monotonic() + timeout
+    pending = [(path, session.client.get_acls_async(path)) for path in paths]
+    problems = []
+    for path, answer in pending:
+        try:
+            acls, _ = session.call("reading the ACL of %s" % path, answer, deadline - time.monotonic())
+        except NoNodeError:
+            continue
+        weak = []
+        ours = 0
+        for acl in acls:
+            if acl.id.scheme == "digest" and acl.id.id.partition(":")[0] == session.user:
+                ours |= acl.perms
+            elif acl.perms & ~1:  # anything beyond READ
+                weak.append("%s:%s may %s" % (acl.id.scheme, acl.id.id, "|".join(acl.acl_list)))
+        if ours != 31:
+            weak.append("digest:%s lacks ALL" % session.user)
+        if weak:
+            problems.append((path, "; ".join(weak)))
+    return problems
+
+
+def tree_paths(session, root, timeout):
+    """Every node of the lock tree below (and including) ROOT: locks, contenders, run records."""
+    deadline = time.monotonic() + timeout
+    paths = [root]
+    level = [root]
+    while level and len(paths) < 100000:
+        answers = [(path, session.client.get_children_async(path)) for path in level]
+        level = []
+        for path, answer in answers:
+            try:
+                children = session.call("listing %s" % path, answer, deadline - time.monotonic())
+            except NoNodeError:
+                continue
+            level.extend("%s/%s" % (path, child) for child in children)
+        paths.extend(level)
+    return paths
+
+
+def fix_acls(session, paths, timeout):
+    """Set the lock tree's ACL on ``paths``; returns the paths changed."""
+    deadline = time.monotonic() + timeout
+    fixed = []
+    for path in paths:
+        try:
+            session.call("setting the ACL of %s" % path, session.client.set_acls_async(path, session.acl),
+                         deadline - time.monotonic())
+            fixed.append(path)
+        except NoNodeError:
+            pass
+    return fixed
+
+
 class Lock:
     """One attempt to hold a lock, from a connected Session.
 

@@ -43,6 +43,7 @@ EXIT_CODES = """exit codes:
   78              bad or unreadable configuration (file or environment)
   124             --timeout reached (COMMAND stopped)
   126 / 127       COMMAND not executable / not found
+  1               internal error (a bug: please report it)
 
 configuration: defaults, then /etc/zoo-locked/zoo-locked.conf (or --config / ZOO_LOCKED_CONFIG), then the
 environment (ZOO_LOCKED_HOSTS, ZOO_LOCKED_ROOT, ZOO_LOCKED_SESSION_TIMEOUT, ZOO_LOCKED_CONNECT_TIMEOUT),
@@ -108,7 +109,8 @@ class Log:
 RUN_USAGE = "usage: zoo-locked run NAME [options] -- COMMAND [ARG...]"
 STATUS_USAGE = "usage: zoo-locked status [NAME...] [--json] [options]"
 HISTORY_USAGE = "usage: zoo-locked history NAME [--json] [--limit N] [options]"
-USAGE = "usage: zoo-locked {run,status,history} ... (zoo-locked --help, zoo-locked run --help)"
+ACL_USAGE = "usage: zoo-locked acl [--fix] [--json] [options]"
+USAGE = "usage: zoo-locked {run,status,history,acl} ... (zoo-locked --help, zoo-locked run --help)"
 
 CONNECTION_HELP = """connection (also from the config file and the environment):
   --hosts H:P,...           ZooKeeper servers, comma-separated (default 127.0.0.1:2181)
@@ -128,6 +130,7 @@ subcommands:
   run      run COMMAND while holding the lock NAME
   status   show holders and waiters of locks
   history  show the last runs of a job
+  acl      check (and with --fix, repair) the ACLs of the lock tree
 
 options:
   -h, --help  show this help and exit
@@ -165,6 +168,17 @@ options:
   --limit N                 how many runs (default 20)
   -h, --help                show this help and exit
 """ + CONNECTION_HELP + "\n" + EXIT_CODES,
+    "acl": ACL_USAGE + """
+
+With credentials (auth in the config file or ZOO_LOCKED_AUTH), only the cluster's identity may create,
+change or delete in the lock tree; anyone may at most read. List the nodes whose ACL is weaker (exit 1 when
+there are any), or set the right ACL on every node of the tree with --fix.
+
+options:
+  --fix                     set the ACL on every node of the tree
+  --json                    machine-readable output
+  -h, --help                show this help and exit
+""" + CONNECTION_HELP + "\n" + EXIT_CODES,
     "status": STATUS_USAGE + """
 
 Show the holder and the waiters of the named locks (all locks when none is named).
@@ -181,6 +195,7 @@ SUBCOMMAND_OPTIONS = {
             "retry-failed", "max-delay=", "keep=", "metrics-dir="] + CONNECTION_OPTIONS,
     "status": ["json"] + CONNECTION_OPTIONS,
     "history": ["json", "limit="] + CONNECTION_OPTIONS,
+    "acl": ["json", "fix"] + CONNECTION_OPTIONS,
 }
 
 
@@ -198,7 +213,7 @@ class Options:
         self.syslog = self.verbose = self.json = False
         self.hosts = self.root = self.session_timeout = self.connect_timeout = self.config = None
         self.schedule = self.slot = self.max_delay = self.metrics_dir = None
-        self.retry_failed = False
+        self.retry_failed = self.fix = False
         self.keep = 100
         self.limit = 20
 
@@ -237,8 +252,8 @@ def parse(argv):
         raise HelpShown()
     subcommand, argv = argv[0], argv[1:]
     if subcommand not in SUBCOMMAND_OPTIONS:
-        raise UsageError("unknown subcommand %r: use run, status or history\n%s" % (subcommand, USAGE))
-    usage = {"run": RUN_USAGE, "status": STATUS_USAGE, "history": HISTORY_USAGE}[subcommand]
+        raise UsageError("unknown subcommand %r: use run, status, history or acl\n%s" % (subcommand, USAGE))
+    usage = {"run": RUN_USAGE, "status": STATUS_USAGE, "history": HISTORY_USAGE, "acl": ACL_USAGE}[subcommand]
     command = None
     if subcommand == "run" and "--" in argv:
         at = argv.index("--")
@@ -279,7 +294,7 @@ def parse(argv):
             value = int(value)
         elif key == "timeout":
             value = _seconds(option, value, positive=True)
-        elif key in ("syslog", "verbose", "json", "retry_failed"):
+        elif key in ("syslog", "verbose", "json", "retry_failed", "fix"):
             value = True
         elif key in _config.FILE_KEYS:
             try:
@@ -311,9 +326,12 @@ def parse(argv):
         if len(operands) != 1:
             raise UsageError("expected exactly one job NAME\n" + usage)
         options.name = operands[0]
+    elif subcommand == "acl":
+        if operands:
+            raise UsageError("acl takes no operands\n" + usage)
     else:
         options.names = operands
-    for name in [options.name] if subcommand != "status" else options.names:
+    for name in [] if subcommand == "acl" else [options.name] if subcommand != "status" else options.names:
         problem = _config.check_lock_name(name)
         if problem:
             raise UsageError(problem)
@@ -321,7 +339,7 @@ def parse(argv):
 
 
 def _settings(options):
-    flags = dict((key, getattr(options, key)) for key in _config.FILE_KEYS)
+    flags = dict((key, getattr(options, key, None)) for key in _config.FILE_KEYS)
     flags["config"] = options.config
     return _config.resolve(flags)
 
@@ -344,10 +362,11 @@ def _check_command(command):
 
 
 def _open_session(settings, log, name=None):
-    from ._zk import Session, ZooUnavailable, quiet_kazoo  # noqa: F401 - kazoo is imported here
+    from ._zk import Session, quiet_kazoo, tls_options
 
     quiet_kazoo(settings.get("verbose"))
-    session = Session(settings["hosts"], settings["session_timeout"], settings["connect_timeout"])
+    session = Session(settings["hosts"], settings["session_timeout"], settings["connect_timeout"],
+                      auth=settings.get("auth"), tls=tls_options(settings))
     session.start()
     return session
 
@@ -383,6 +402,14 @@ def _guardian():
         os._exit(0)
     os.close(read_end)
     return pid, write_end
+
+
+def _auth_failures_are_config(exc):
+    """Let a refused credential through to the exit code for configuration errors (78)."""
+    from ._zk import ZooAuthFailed
+
+    if isinstance(exc, ZooAuthFailed):
+        raise exc
 
 
 class Runner:
@@ -456,8 +483,8 @@ class Runner:
             self.log("error", name=self.name, host=self.host, reason="could not write metrics: %s" % exc)
 
     def _locked(self, started):
-        from ._zk import ZooError, ZooUnavailable
-        from ._lock import Lock, LockHeld, LockLost, contender_data, describe_contender
+        from ._zk import ZooAuthFailed, ZooError, ZooUnavailable
+        from ._lock import acl_problems, lock_path
 
         options, log, settings = self.options, self.log, self.settings
         try:
@@ -465,6 +492,30 @@ class Runner:
         except ZooUnavailable as exc:
             log("error", name=self.name, host=self.host, reason=str(exc))
             return EX_UNAVAILABLE
+        try:
+            root = settings["root"]
+            paths = [root, root + "/locks", lock_path(root, self.name)]
+            if self.slot is not None:
+                paths += [root + "/runs", "%s/runs/%s" % (root, self.name)]
+            weak = acl_problems(self.session, paths, self.session.session_timeout)
+            if weak:
+                log("error", name=self.name, host=self.host, reason="the lock tree's ACLs are weaker than the "
+                    "credentials ask for, so others could break the lock: %s; fix: zoo-locked acl --fix"
+                    % "; ".join("%s (%s)" % p for p in weak))
+                return EX_CONFIG
+            return self._queue(started)
+        except ZooAuthFailed as exc:
+            log("error", name=self.name, host=self.host, reason=str(exc))
+            return EX_CONFIG
+        except ZooError as exc:
+            log("error", name=self.name, host=self.host, reason=str(exc))
+            return EX_UNAVAILABLE
+
+    def _queue(self, started):
+        from ._zk import ZooError
+        from ._lock import Lock, LockHeld, LockLost, contender_data, describe_contender
+
+        options, log, settings = self.options, self.log, self.settings
         if self.slot is not None:
             from ._slots import Records
 
@@ -472,6 +523,7 @@ class Runner:
             try:
                 done = self._slot_done(self.records.read(self.slot)[0])
             except ZooError as exc:
+                _auth_failures_are_config(exc)
                 log("error", name=self.name, host=self.host, reason="while reading the run record: %s" % exc)
                 return EX_UNAVAILABLE
             if done is not None:
@@ -500,6 +552,7 @@ class Runner:
                 waited=time.monotonic() - started, slot=self.slot)
             return EX_TEMPFAIL
         except (ZooError, LockLost) as exc:
+            _auth_failures_are_config(exc)
             log("error", name=self.name, host=self.host, reason="while taking the lock: %s" % exc)
             return EX_UNAVAILABLE
         held_since = time.monotonic()
@@ -510,7 +563,7 @@ class Runner:
                 claimed = self._claim_slot(token, started)
             except ZooError as exc:
                 log("error", name=self.name, host=self.host, reason="while writing the run record: %s" % exc)
-                claimed = EX_UNAVAILABLE
+                claimed = EX_CONFIG if type(exc).__name__ == "ZooAuthFailed" else EX_UNAVAILABLE
             if claimed is not None:
                 self.lock.release(timeout=min(2.0, self.session.session_timeout))
                 return claimed
@@ -659,6 +712,7 @@ class Supervisor:
             signal.signal(signum, nothing)
         old_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         env = dict(os.environ)
+        env.pop("ZOO_LOCKED_AUTH", None)  # the cluster's credentials are not the job's business
         env["ZOO_LOCKED_NAME"] = runner.name
         env["ZOO_LOCKED_HOLDER"] = "%s:%d" % (runner.host, os.getpid())
         env["ZOO_LOCKED_TOKEN"] = str(token)
@@ -704,8 +758,12 @@ class Supervisor:
                 upcoming = [t for t in (silent_term, silent_kill, timeout_at, None if self.killed else self.kill_at)
                             if t is not None and t > now]
                 _wait_readable(wake_read, min([guard.interval] + [t - now for t in upcoming]))
-            # COMMAND's leader has exited but is not reaped yet, so its group id cannot be reused: leftovers of
-            # its group would run without the lock, so they go too.
+            # COMMAND's leader has exited but is not reaped yet, so its group id cannot be reused. Leftovers of
+            # its group would run without the lock, so they go too: at once after a normal end, and after the
+            # rest of the --kill-after grace when they were sent a signal with the leader.
+            if self.stopping is not None and not self.killed:
+                while _group_members(self.pgid, proc.pid) and time.monotonic() < self.kill_at:
+                    _wait_readable(wake_read, min(0.05, max(0.0, self.kill_at - time.monotonic())))
             self._signal_group(signal.SIGKILL)
             returncode = proc.wait()
         finally:
@@ -723,6 +781,21 @@ class Supervisor:
         if self.stopping == "timeout":
             return EX_TIMEOUT
         return code
+
+
+def _group_members(pgid, leader):
+    """Whether a process other than ``leader`` is still in process group ``pgid`` (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == leader:
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (IOError, OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def _wait_readable(fd, delay):
@@ -758,7 +831,7 @@ def _take_terminal(pgid):
 
 
 def status(options, settings, log):
-    from ._zk import ZooError, ZooUnavailable
+    from ._zk import ZooAuthFailed, ZooError, ZooUnavailable
     from ._lock import status as lock_status
 
     try:
@@ -768,6 +841,9 @@ def status(options, settings, log):
         return EX_UNAVAILABLE
     try:
         locks = lock_status(session, settings["root"], options.names, session.session_timeout)
+    except ZooAuthFailed as exc:
+        log("error", reason=str(exc))
+        return EX_CONFIG
     except ZooError as exc:
         log("error", reason=str(exc))
         return EX_UNAVAILABLE
@@ -796,7 +872,7 @@ def status(options, settings, log):
 
 
 def history(options, settings, log):
-    from ._zk import ZooError, ZooUnavailable
+    from ._zk import ZooAuthFailed, ZooError, ZooUnavailable
     from ._slots import Records
 
     try:
@@ -806,6 +882,9 @@ def history(options, settings, log):
         return EX_UNAVAILABLE
     try:
         runs = Records(session, settings["root"], options.name).history(options.limit)
+    except ZooAuthFailed as exc:
+        log("error", reason=str(exc))
+        return EX_CONFIG
     except ZooError as exc:
         log("error", reason=str(exc))
         return EX_UNAVAILABLE
@@ -828,6 +907,46 @@ def history(options, settings, log):
     return 0
 
 
+def acl(options, settings, log):
+    from ._zk import ZooAuthFailed, ZooError, ZooUnavailable
+    from ._lock import acl_problems, fix_acls, tree_paths
+
+    if not settings.get("auth"):
+        log("error", reason="acl needs the cluster's credentials: set auth = digest:USER:PASSWORD in the config "
+            "file, or ZOO_LOCKED_AUTH")
+        return EX_CONFIG
+    try:
+        session = _open_session(settings, log)
+    except ZooUnavailable as exc:
+        log("error", reason=str(exc))
+        return EX_UNAVAILABLE
+    try:
+        paths = tree_paths(session, settings["root"], 60.0)
+        if options.fix:
+            fixed = fix_acls(session, paths, 60.0)
+            log("fixed", root=settings["root"], nodes=len(fixed))
+        problems = acl_problems(session, paths, 60.0)
+    except ZooAuthFailed as exc:
+        log("error", reason=str(exc))
+        return EX_CONFIG
+    except ZooError as exc:
+        log("error", reason=str(exc))
+        return EX_UNAVAILABLE
+    finally:
+        session.close(timeout=2.0)
+    if options.json:
+        import json
+
+        json.dump({"root": settings["root"], "checked": len(paths),
+                   "weak": [{"path": p, "problem": why} for p, why in problems]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for path, why in problems:
+            sys.stdout.write("%s: %s\n" % (path, why))
+        sys.stdout.write("%d nodes checked under %s, %d with weaker ACLs\n" % (len(paths), settings["root"], len(problems)))
+    return 1 if problems else 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -848,6 +967,8 @@ def main(argv=None):
         return status(options, settings, log)
     if options.subcommand == "history":
         return history(options, settings, log)
+    if options.subcommand == "acl":
+        return acl(options, settings, log)
     return Runner(options, command, settings, log).main()
 
 
@@ -857,12 +978,25 @@ def cli():
     Everything has been released and closed by then; skipping the interpreter's teardown of kazoo's
     modules and daemon threads saves about 10 ms per run.
     """
-    code = main()
     try:
+        code = main()
         sys.stdout.flush()
         sys.stderr.flush()
-    except (IOError, OSError):
-        pass
+    except BrokenPipeError:  # e.g. `zoo-locked status | head`
+        os._exit(141)
+    except KeyboardInterrupt:
+        os._exit(130)
+    except Exception as exc:  # a bug: one clear line, not a traceback (--verbose shows it)
+        if "--verbose" in sys.argv:
+            import traceback
+
+            traceback.print_exc()
+        try:
+            sys.stderr.write("zoo-locked: internal error: %s: %s (please report it)\n" % (type(exc).__name__, exc))
+            sys.stderr.flush()
+        except (IOError, OSError):
+            pass
+        os._exit(1)
     os._exit(code if 0 <= code <= 255 else 1)
 
 

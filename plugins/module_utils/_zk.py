@@ -19,7 +19,9 @@ import time
 try:
     from kazoo.client import KazooClient
     from kazoo.handlers.threading import KazooTimeoutError
+    from kazoo.exceptions import AuthFailedError, NoAuthError
     from kazoo.retry import KazooRetry
+    from kazoo.security import make_acl, make_digest_acl
 
     HAS_KAZOO = True
     KAZOO_IMPORT_ERROR = None
@@ -34,6 +36,42 @@ class ZooError(Exception):
 
 class ZooUnavailable(ZooError):
     """No ZooKeeper server could be reached within the connect timeout."""
+
+
+class ZooAuthFailed(ZooError):
+    """ZooKeeper refused the credentials."""
+
+
+def tls_options(settings):
+    """kazoo's TLS arguments from the settings (tls, tls_ca_cert, ...), or None without TLS."""
+    if not settings.get("tls"):
+        return None
+    return {
+        "ca": settings.get("tls_ca_cert"),
+        "certfile": settings.get("tls_client_cert"),
+        "keyfile": settings.get("tls_client_key"),
+        "keyfile_password": settings.get("tls_client_key_password"),
+        "verify_certs": settings.get("tls_validate_certs", True) is not False,
+    }
+
+
+def digest_user(auth):
+    for scheme, credential in auth or ():
+        if scheme == "digest":
+            return credential.partition(":")[0]
+    return None
+
+
+def lock_tree_acl(auth):
+    """The ACL of everything zoo-locked creates: ALL for the cluster's digest identity, READ for anyone.
+
+    None (ZooKeeper's open ACL) when no digest credentials are set.
+    """
+    for scheme, credential in auth or ():
+        if scheme == "digest":
+            user, _, password = credential.partition(":")
+            return [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
+    return None
 
 
 def quiet_kazoo(verbose=False):
@@ -56,13 +94,20 @@ class Session:
     timeout the server will enforce. Tested against the pinned kazoo in tests/runner.
     """
 
-    def __init__(self, hosts, session_timeout, connect_timeout, auth=None):
+    def __init__(self, hosts, session_timeout, connect_timeout, auth=None, tls=None):
         if not HAS_KAZOO:
             raise ZooError("the Python library kazoo is not installed: %s" % KAZOO_IMPORT_ERROR)
         self.hosts = hosts
         self.requested_timeout = float(session_timeout)
         self.connect_timeout = float(connect_timeout)
         self.negotiated_timeout = None
+        self.acl = lock_tree_acl(auth)
+        self._user = digest_user(auth)
+        tls = dict(tls or {})
+        if tls:
+            # Hostnames are checked whenever certificates are: a CA-signed certificate of any host would do
+            # otherwise. Certificates must then name the servers as `hosts` does.
+            tls.update(use_ssl=True, check_hostname=tls.get("verify_certs", True))
         # Reconnect quickly after a blip: the session (and with it the lock) survives only if we are back
         # on a server before it expires, so the back-off must stay well under the session timeout.
         retry = KazooRetry(
@@ -74,6 +119,8 @@ class Session:
             connection_retry=retry,
             command_retry=None,
             auth_data=auth or None,
+            default_acl=self.acl,
+            **tls
         )
         connection = self.client._connection
         original = connection._connect
@@ -87,6 +134,11 @@ class Session:
         connection._connect = _connect
 
     @property
+    def user(self):
+        """The digest user of this session's credentials, or None."""
+        return self._user
+
+    @property
     def session_timeout(self):
         """The session timeout the server enforces (the requested one until connected)."""
         return self.negotiated_timeout or self.requested_timeout
@@ -94,8 +146,13 @@ class Session:
     def start(self):
         # Not client.start(timeout): on a time-out it calls stop() itself, which waits up to ten seconds for
         # a connection thread stuck in a handshake with a server that accepts but never answers.
+        from kazoo.protocol.states import KeeperState
+
         connected = self.client.start_async()
         connected.wait(self.connect_timeout)
+        if self.client.client_state == KeeperState.AUTH_FAILED:
+            self.close(timeout=1.0)
+            raise ZooAuthFailed("ZooKeeper (%s) refused the credentials (auth): check the user and password" % self.hosts)
         if not self.client.connected:
             self.close(timeout=1.0)
             raise ZooUnavailable(
@@ -108,6 +165,12 @@ class Session:
             return async_result.get(timeout=max(timeout, 0.001))
         except KazooTimeoutError:
             raise ZooError("ZooKeeper did not answer %s within %.1fs" % (what, timeout))
+        except (NoAuthError, AuthFailedError):
+            raise ZooAuthFailed(
+                "ZooKeeper refused %s: not allowed (NoAuth). The lock tree's ACL admits only the cluster's "
+                "identity: set auth (digest:USER:PASSWORD) in the config file or ZOO_LOCKED_AUTH, and check "
+                "the user and password" % what
+            )
 
     @property
     def connected(self):
