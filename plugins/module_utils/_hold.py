@@ -52,6 +52,7 @@ from ._lock import (
     rewrite_contender,
     status,
 )
+from ._slots import Records
 from ._zk import Session, ZooError, quiet_kazoo
 
 try:
@@ -129,10 +130,15 @@ def lock_info(params):
         names = [check_name(n, "names") for n in params.get("names") or []]
     except _config.ConfigError as exc:
         raise TaskError(str(exc))
+    runs = params.get("runs") or 0
+    if runs < 0:
+        raise TaskError("option runs: must be 0 or more, got %d" % runs)
     settings = _settings(params)
     session = _open(settings)
     try:
         locks = status(session, settings["root"], names, session.session_timeout)
+        for lock in locks:
+            lock["runs"] = Records(session, settings["root"], lock["name"]).history(runs) if runs else []
     except ZOO_ERRORS as exc:
         raise TaskError("reading the locks under %s: %s" % (settings["root"], _describe(exc, settings)))
     finally:

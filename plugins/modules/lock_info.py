@@ -15,7 +15,8 @@ description:
   - Reads the zoo-locked locks in ZooKeeper, the runner's and those held by M(zoolocked.cron.lock) - holder, waiters,
     fencing token, since when, purpose - for the given names or for every lock under the root, as
     C(zoo-locked status --json) does. Changes nothing.
-  - Run records (the last runs of a job) are not shown yet.
+  - With O(runs), also the last run records of each job (written by C(zoo-locked run --schedule) or C(--slot)), as
+    C(zoo-locked history NAME --json) shows them.
 extends_documentation_fragment:
   - zoolocked.cron._connection
   - zoolocked.cron._attributes
@@ -28,6 +29,11 @@ options:
     type: list
     elements: str
     default: []
+  runs:
+    description:
+      - How many of the last run records of each lock to return in RV(locks[].runs), newest first; V(0) for none.
+    type: int
+    default: 5
 seealso:
   - module: zoolocked.cron.lock
 author:
@@ -116,6 +122,24 @@ locks:
       description: Those waiting for the lock, first in line first, with the same keys as RV(locks[].holder).
       type: list
       elements: dict
+    runs:
+      description:
+        - The last O(runs) run records of the job, newest first (none for jobs run without slots). Each has C(slot),
+          C(state) (V(running), V(succeeded), V(failed), V(stopped), V(missed)), C(scheduled), C(updated) and
+          C(attempts) (each with C(host), C(pid), C(token), C(start), C(end), C(exit), C(duration), C(state)).
+      type: list
+      elements: dict
+      sample:
+        - slot: 20260301T020000Z
+          state: succeeded
+          scheduled: "2026-03-01T02:00:00Z"
+          attempts:
+            - host: node2
+              token: 4294967342
+              start: "2026-03-01T02:00:01Z"
+              end: "2026-03-01T02:03:12Z"
+              exit: 0
+              state: succeeded
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -127,7 +151,7 @@ from ansible_collections.zoolocked.cron.plugins.module_utils._zk import HAS_KAZO
 
 def main():
     argument_spec = connection_argument_spec()
-    argument_spec.update(names=dict(type="list", elements="str", default=[]))
+    argument_spec.update(names=dict(type="list", elements="str", default=[]), runs=dict(type="int", default=5))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not HAS_KAZOO:
         module.fail_json(msg=missing_required_lib("kazoo"), exception=str(KAZOO_IMPORT_ERROR))

@@ -171,11 +171,13 @@ def test_lease_ends_the_hold(ansible, kazoo, zk):
         {"name": "acquire for three seconds", LOCK: {"name": "report", "lease": 3, "owner": "ops-lease-test"},
          "register": "acquired"},
         {"name": "the cron job waits for the lease to end, then runs", "ansible.builtin.command": {
-            "argv": [ZOO_LOCKED, "run", "report", "--wait", "20", "--", "date", "+%s.%N"]}, "register": "job"},
+            "argv": [ZOO_LOCKED, "run", "report", "--slot", "s1", "--wait", "20", "--", "date", "+%s.%N"]},
+         "register": "job"},
         {"name": "nothing left to release", LOCK: {"name": "report", "state": "released", "owner": "ops-lease-test"},
          "register": "released"},
+        {"name": "the run is on record", INFO: {"names": ["report"], "runs": 3}, "register": "info"},
     ]
-    result = ansible.run(tasks, ["acquired", "job", "released"]).succeeded()
+    result = ansible.run(tasks, ["acquired", "job", "released", "info"]).succeeded()
     acquired, job = result["acquired"], result["job"]
     assert acquired["changed"] and acquired["owner"] == "ops-lease-test"
     # expires_at is truncated to the second: the lease ends within the second after it.
@@ -183,6 +185,9 @@ def test_lease_ends_the_hold(ansible, kazoo, zk):
     started = float(job["stdout"])
     assert ends <= started < ends + 1 + SESSION_TIMEOUT, (acquired["expires_at"], started, job["stderr"])
     assert result["released"]["changed"] is False
+    runs = result["info"]["locks"][0]["runs"]
+    assert [(r["slot"], r["state"]) for r in runs] == [("s1", "succeeded")], runs
+    assert runs[0]["attempts"][-1]["exit"] == 0 and runs[0]["attempts"][-1]["token"] > acquired["token"]
     ansible.wait_gone(acquired["holder"]["pid"], 5)
     assert "the lease ended" in ansible.holder_events()
     assert contenders(kazoo, zk, "report") == []
