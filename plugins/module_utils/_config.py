@@ -32,6 +32,7 @@ SECURITY_DEFAULTS = {
     "tls_ca_cert": None,
     "tls_client_cert": None,
     "tls_client_key": None,
+    "tls_client_key_password": None,
     "tls_validate_certs": True,
 }
 # Settings only the runner uses; the config file may set them too.
@@ -152,6 +153,8 @@ def check_setting(key, value, where):
         return check_root(value, where)
     if key == "auth":
         return check_auth(value, where)
+    if key == "tls_client_key_password":
+        return str(value)
     if key in ("tls", "tls_validate_certs"):
         return check_bool(value, where)
     if key in ("tls_ca_cert", "tls_client_cert", "tls_client_key"):
@@ -190,11 +193,11 @@ def read_config_file(path, required):
             % (path, CONFIG_SECTION, ", found [%s]" % "], [".join(extra) if extra else "")
         )
     settings = {}
-    if parser.has_option(CONFIG_SECTION, "auth"):
+    if parser.has_option(CONFIG_SECTION, "auth") or parser.has_option(CONFIG_SECTION, "tls_client_key_password"):
         mode = os.stat(path).st_mode
         if mode & 0o007:
             raise ConfigError(
-                "config file %s holds credentials (auth) but other users may read it (mode %04o): "
+                "config file %s holds secrets (auth or tls_client_key_password) but other users may read it (mode %04o): "
                 "chmod o-rwx %s (the runner role installs it as 0640 root:zoo-locked)" % (path, mode & 0o7777, path)
             )
     for key, value in parser.items(CONFIG_SECTION):

@@ -104,6 +104,7 @@ class Session:
         self.acl = lock_tree_acl(auth)
         self._user = digest_user(auth)
         tls = dict(tls or {})
+        self.tls = bool(tls)
         if tls:
             # Hostnames are checked whenever certificates are: a CA-signed certificate of any host would do
             # otherwise. Certificates must then name the servers as `hosts` does.
@@ -156,7 +157,11 @@ class Session:
         if not self.client.connected:
             self.close(timeout=1.0)
             raise ZooUnavailable(
-                "no ZooKeeper server of %s answered within %gs (connect timeout)" % (self.hosts, self.connect_timeout)
+                "no ZooKeeper server of %s answered within %gs (connect timeout)%s" % (
+                    self.hosts, self.connect_timeout,
+                    "; TLS is on: check that the servers listen for TLS on that port, that tls_ca_cert signed "
+                    "their certificates, that these name the hosts, and the client certificate if the servers "
+                    "ask for one" if self.tls else "")
             )
 
     def call(self, what, async_result, timeout):
