@@ -41,7 +41,7 @@ test: setup venv
 	$(MAKE) test-unit
 
 test-unit: venv
-	$(PY) -m pytest -p no:cacheprovider -ra tests
+	ZOO_LOCKED_WRITE_DOCS=1 $(PY) -m pytest -p no:cacheprovider -ra tests
 
 demo:
 	@echo "make demo is not written yet (issue 6). It will build the images, start three cron nodes and a"

@@ -303,11 +303,11 @@ def parse(argv):
                 raise UsageError(str(exc))
         setattr(options, key, value)
     if subcommand == "run":
+        if command is None:
+            raise UsageError("missing '--' before COMMAND\n" + usage)
         if len(operands) != 1:
             raise UsageError("expected exactly one lock NAME, got %d: %s\n%s" % (len(operands), " ".join(operands) or "none", usage))
         options.name = operands[0]
-        if command is None:
-            raise UsageError("missing '--' before COMMAND\n" + usage)
         if not command:
             raise UsageError("no COMMAND after '--'\n" + usage)
         if options.schedule is not None and options.slot is not None:
@@ -406,9 +406,9 @@ def _guardian():
 
 def _auth_failures_are_config(exc):
     """Let a refused credential through to the exit code for configuration errors (78)."""
-    from ._zk import ZooAuthFailed
+    from ._zk import ZooRefused
 
-    if isinstance(exc, ZooAuthFailed):
+    if isinstance(exc, ZooRefused):
         raise exc
 
 
@@ -483,10 +483,10 @@ class Runner:
             self.log("error", name=self.name, host=self.host, reason="could not write metrics: %s" % exc)
 
     def _locked(self, started):
-        from ._zk import ZooAuthFailed, ZooError, ZooUnavailable
+        from ._zk import ZooRefused, ZooError, ZooUnavailable
         from ._lock import acl_problems, lock_path
 
-        options, log, settings = self.options, self.log, self.settings
+        log, settings = self.log, self.settings
         try:
             self.session = _open_session(settings, log)
         except ZooUnavailable as exc:
@@ -504,7 +504,7 @@ class Runner:
                     % "; ".join("%s (%s)" % p for p in weak))
                 return EX_CONFIG
             return self._queue(started)
-        except ZooAuthFailed as exc:
+        except ZooRefused as exc:
             log("error", name=self.name, host=self.host, reason=str(exc))
             return EX_CONFIG
         except ZooError as exc:
@@ -512,7 +512,7 @@ class Runner:
             return EX_UNAVAILABLE
 
     def _queue(self, started):
-        from ._zk import ZooError
+        from ._zk import ZooError, ZooRefused
         from ._lock import Lock, LockHeld, LockLost, contender_data, describe_contender
 
         options, log, settings = self.options, self.log, self.settings
@@ -563,7 +563,7 @@ class Runner:
                 claimed = self._claim_slot(token, started)
             except ZooError as exc:
                 log("error", name=self.name, host=self.host, reason="while writing the run record: %s" % exc)
-                claimed = EX_CONFIG if type(exc).__name__ == "ZooAuthFailed" else EX_UNAVAILABLE
+                claimed = EX_CONFIG if isinstance(exc, ZooRefused) else EX_UNAVAILABLE
             if claimed is not None:
                 self.lock.release(timeout=min(2.0, self.session.session_timeout))
                 return claimed
@@ -831,7 +831,7 @@ def _take_terminal(pgid):
 
 
 def status(options, settings, log):
-    from ._zk import ZooAuthFailed, ZooError, ZooUnavailable
+    from ._zk import ZooRefused, ZooError, ZooUnavailable
     from ._lock import status as lock_status
 
     try:
@@ -841,7 +841,7 @@ def status(options, settings, log):
         return EX_UNAVAILABLE
     try:
         locks = lock_status(session, settings["root"], options.names, session.session_timeout)
-    except ZooAuthFailed as exc:
+    except ZooRefused as exc:
         log("error", reason=str(exc))
         return EX_CONFIG
     except ZooError as exc:
@@ -872,7 +872,7 @@ def status(options, settings, log):
 
 
 def history(options, settings, log):
-    from ._zk import ZooAuthFailed, ZooError, ZooUnavailable
+    from ._zk import ZooRefused, ZooError, ZooUnavailable
     from ._slots import Records
 
     try:
@@ -882,7 +882,7 @@ def history(options, settings, log):
         return EX_UNAVAILABLE
     try:
         runs = Records(session, settings["root"], options.name).history(options.limit)
-    except ZooAuthFailed as exc:
+    except ZooRefused as exc:
         log("error", reason=str(exc))
         return EX_CONFIG
     except ZooError as exc:
@@ -908,7 +908,7 @@ def history(options, settings, log):
 
 
 def acl(options, settings, log):
-    from ._zk import ZooAuthFailed, ZooError, ZooUnavailable
+    from ._zk import ZooRefused, ZooError, ZooUnavailable
     from ._lock import acl_problems, fix_acls, tree_paths
 
     if not settings.get("auth"):
@@ -926,7 +926,7 @@ def acl(options, settings, log):
             fixed = fix_acls(session, paths, 60.0)
             log("fixed", root=settings["root"], nodes=len(fixed))
         problems = acl_problems(session, paths, 60.0)
-    except ZooAuthFailed as exc:
+    except ZooRefused as exc:
         log("error", reason=str(exc))
         return EX_CONFIG
     except ZooError as exc:

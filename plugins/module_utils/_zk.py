@@ -19,7 +19,7 @@ import time
 try:
     from kazoo.client import KazooClient
     from kazoo.handlers.threading import KazooTimeoutError
-    from kazoo.exceptions import AuthFailedError, NoAuthError
+    from kazoo.exceptions import AuthFailedError, NoAuthError, NoChildrenForEphemeralsError
     from kazoo.retry import KazooRetry
     from kazoo.security import make_acl, make_digest_acl
 
@@ -38,7 +38,11 @@ class ZooUnavailable(ZooError):
     """No ZooKeeper server could be reached within the connect timeout."""
 
 
-class ZooAuthFailed(ZooError):
+class ZooRefused(ZooError):
+    """ZooKeeper refused a request because of how zoo-locked is configured (credentials, root path)."""
+
+
+class ZooAuthFailed(ZooRefused):
     """ZooKeeper refused the credentials."""
 
 
@@ -175,6 +179,11 @@ class Session:
                 "ZooKeeper refused %s: not allowed (NoAuth). The lock tree's ACL admits only the cluster's "
                 "identity: set auth (digest:USER:PASSWORD) in the config file or ZOO_LOCKED_AUTH, and check "
                 "the user and password" % what
+            )
+        except NoChildrenForEphemeralsError:
+            raise ZooRefused(
+                "ZooKeeper refused %s: a node on that path is ephemeral and cannot have children; choose a root "
+                "whose parents are persistent nodes" % what
             )
 
     @property

@@ -4,10 +4,8 @@
 import os
 import socket
 import subprocess
-import threading
 import time
 
-import pytest
 from kazoo.client import KazooClient, KazooState
 
 from zkharness import four_letter, group_alive, read_records, wait_for

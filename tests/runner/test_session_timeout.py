@@ -1,6 +1,5 @@
 """The session timeout the runner counts with is the one the server granted, not the one asked for."""
 
-import signal
 import time
 
 from zkharness import records, wait_for

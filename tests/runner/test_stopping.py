@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from zkharness import group_alive, pid_alive, records, wait_for
+from zkharness import pid_alive, records, wait_for
 
 
 def _all_dead(pids):
