@@ -48,8 +48,10 @@ options:
     type: path
   auth:
     description:
-      - ZooKeeper authentication, added to the session once connected (kazoo's C(auth_data)).
-      - Needed only when the lock tree carries ACLs; locks are created with ZooKeeper's open ACL.
+      - ZooKeeper digest credentials for the session (kazoo's C(auth_data)). With digest credentials, every node the
+        module creates gets the runner's lock-tree ACL (all rights for this identity, read for anyone).
+      - When not set, the runner's C(auth) setting (E(ZOO_LOCKED_AUTH) or the config file, C(digest:USER:PASSWORD)),
+        else none.
     type: list
     elements: dict
     suboptions:
@@ -63,29 +65,30 @@ options:
         required: true
   tls:
     description:
-      - Connect to ZooKeeper with TLS.
-      - B(Not supported yet) (neither by the runner); V(true) fails with a clear message. The other C(tls_*)
-        options are reserved for it and ignored until then.
+      - Connect to ZooKeeper with TLS (the servers' secure client port).
+      - When not set, the runner's C(tls) setting (config file), else V(false).
     type: bool
-    default: false
   tls_ca_cert:
-    description: CA certificate (PEM) to check the servers' certificates with. Reserved, see O(tls).
+    description:
+      - CA certificate (PEM file) to check the servers' certificates with; absolute path on the host that runs the
+        module. When not set, the runner's C(tls_ca_cert) setting.
     type: path
   tls_client_cert:
-    description: Client certificate (PEM). Reserved, see O(tls).
+    description: Client certificate (PEM file). When not set, the runner's C(tls_client_cert) setting.
     type: path
   tls_client_key:
-    description: Private key of the client certificate (PEM). Reserved, see O(tls).
+    description: Private key of O(tls_client_cert) (PEM file). When not set, the runner's C(tls_client_key) setting.
     type: path
   tls_client_key_password:
-    description: Password of O(tls_client_key). Never logged. Reserved, see O(tls).
+    description: Password of O(tls_client_key). Never logged.
     type: str
   tls_validate_certs:
-    description: Check the servers' certificates. Reserved, see O(tls).
+    description:
+      - Check the servers' certificates and host names (they must match O(hosts)).
+      - When not set, the runner's C(tls_validate_certs) setting, else V(true).
     type: bool
-    default: true
 requirements:
-  - kazoo (the Python library, 2.8 or later) for the Python that runs the module - on the delegated host with
+  - kazoo (the Python library; tested with 2.11) for the Python that runs the module - on the delegated host with
     C(delegate_to). The runner role installs it into the runner's own virtualenv, not for Ansible.
 notes:
   - Settings are resolved as the runner resolves them - option, then environment, then config file, then

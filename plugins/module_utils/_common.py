@@ -34,30 +34,32 @@ def connection_argument_spec():
                 credential=dict(type="str", required=True, no_log=True),
             ),
         ),
-        tls=dict(type="bool", default=False),
+        tls=dict(type="bool"),
         tls_ca_cert=dict(type="path"),
         tls_client_cert=dict(type="path"),
         tls_client_key=dict(type="path", no_log=False),
         tls_client_key_password=dict(type="str", no_log=True),
-        tls_validate_certs=dict(type="bool", default=True),
+        tls_validate_certs=dict(type="bool"),
     )
 
 
+# Options that are runner settings too (config file, environment), validated by _config as the runner does.
+SETTING_OPTIONS = ("hosts", "root", "session_timeout", "connect_timeout",
+                   "tls", "tls_ca_cert", "tls_client_cert", "tls_client_key", "tls_validate_certs")
+
+
 def connection_settings(params, environ=None):
-    """hosts, root, session_timeout, connect_timeout, config and auth from module params.
+    """The runner's settings (hosts, root, timeouts, config, auth, tls...) with the module's options on top.
 
     Raises ``_config.ConfigError`` naming the option, variable or file that is wrong.
     """
     flags = {"config": params.get("config")}
-    for key in _config.DEFAULTS:
+    for key in SETTING_OPTIONS:
         value = params.get(key)
         flags[key] = None if value is None else _config.check_setting(key, value, "option %s" % key)
-    if params.get("tls"):
-        raise _config.ConfigError(
-            "option tls: TLS connections to ZooKeeper are not supported yet (neither by the runner nor by "
-            "the modules); connect without TLS"
-        )
     settings = _config.resolve(flags, environ)
+    if params.get("tls_client_key_password") is not None:
+        settings["tls_client_key_password"] = params["tls_client_key_password"]
     if params.get("auth"):
         settings["auth"] = [(a["scheme"], a["credential"]) for a in params["auth"]]
     else:  # whatever the runner's settings hold (once the runner reads credentials), else none

@@ -43,6 +43,7 @@ from ._lock import (
     Lock,
     LockHeld,
     LockLost,
+    acl_problems,
     contender_data,
     delete_contender,
     describe_contender,
@@ -53,7 +54,7 @@ from ._lock import (
     status,
 )
 from ._slots import Records
-from ._zk import Session, ZooError, quiet_kazoo
+from ._zk import Session, ZooError, quiet_kazoo, tls_options
 
 try:
     from kazoo.exceptions import KazooException
@@ -94,7 +95,7 @@ def _settings(params):
 def _open(settings):
     quiet_kazoo()
     session = Session(settings["hosts"], settings["session_timeout"], settings["connect_timeout"],
-                      auth=settings["auth"])
+                      auth=settings["auth"], tls=tls_options(settings))
     try:
         session.start()
     except ZooError as exc:
@@ -486,6 +487,12 @@ def _holder(out, job):
 
 def _hold(session, job, report, state, wake):
     settings, name, owner, lease = job["settings"], job["name"], job["owner"], job["lease"]
+    root = settings["root"]
+    weak = acl_problems(session, [root, root + "/locks", lock_path(root, name)], session.session_timeout)
+    if weak:  # as the runner: with credentials, a lock that anyone could delete is no lock
+        raise TaskError(
+            "the lock tree's ACLs are weaker than the credentials ask for, so others could break the lock: %s; "
+            "fix: zoo-locked acl --fix" % "; ".join("%s (%s)" % problem for problem in weak))
     contenders = _contenders(session, settings, name)
     mine = owned_by(contenders, owner)
     if contenders and contenders[0] in mine:

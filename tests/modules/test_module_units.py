@@ -19,7 +19,6 @@ from zoo_locked import _common, _config, _hold  # noqa: E402
 
 def params(**values):
     base = dict((key, None) for key in _common.connection_argument_spec())
-    base.update(tls=False, tls_validate_certs=True)
     base.update(values)
     return base
 
@@ -37,6 +36,24 @@ def test_settings_follow_the_runners_precedence(tmp_path):
     assert settings["session_timeout"] == 3.0  # the option beats both
     assert settings["connect_timeout"] == _config.DEFAULTS["connect_timeout"]
     assert settings["auth"] == []
+    assert settings["tls"] is False and settings["tls_validate_certs"] is True
+
+
+def test_tls_settings_come_from_the_runners_file_unless_given(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here\n")
+    config = tmp_path / "zoo-locked.conf"
+    config.write_text("[zoo-locked]\ntls = true\ntls_ca_cert = %s\n" % ca)
+    env = {"ZOO_LOCKED_CONFIG": str(config)}
+    from_file = _common.connection_settings(params(), env)
+    assert from_file["tls"] is True and from_file["tls_ca_cert"] == str(ca)
+    overridden = _common.connection_settings(params(tls=False, tls_client_key_password="pw"), env)
+    assert overridden["tls"] is False and overridden["tls_client_key_password"] == "pw"
+
+
+def test_explicit_config_and_auth(tmp_path):
+    config = tmp_path / "zoo-locked.conf"
+    config.write_text("[zoo-locked]\nroot = /from-file\n")
     explicit = _common.connection_settings(params(config=str(config), auth=[{"scheme": "digest", "credential": "u:p"}]),
                                            {})
     assert explicit["root"] == "/from-file" and explicit["auth"] == [("digest", "u:p")]
@@ -47,7 +64,8 @@ def test_settings_follow_the_runners_precedence(tmp_path):
     ({"root": "/a/"}, "option root: root must be an absolute ZooKeeper path"),
     ({"session_timeout": 0.5}, "option session_timeout: must be between 1 and 600 seconds"),
     ({"connect_timeout": 1e9}, "option connect_timeout: must be between 0.1 and 600 seconds"),
-    ({"tls": True}, "option tls: TLS connections to ZooKeeper are not supported yet"),
+    ({"tls_ca_cert": "/nonexistent/ca.pem"}, "option tls_ca_cert: /nonexistent/ca.pem is not a readable file"),
+    ({"tls_client_cert": "relative.pem"}, "option tls_client_cert: must be an absolute file path"),
     ({"config": "/nonexistent"}, "config file /nonexistent: cannot read it"),
 ])
 def test_bad_settings_name_the_option(values, message):
@@ -181,3 +199,13 @@ def test_a_dead_holder_frees_the_lock_when_its_session_expires(tmp_path, zk, kaz
     killed = time.monotonic()
     wait_for(lambda: kazoo.get_children(zk.lock_path("job")) == [], 2.0 + 5, message="the session to expire")
     assert time.monotonic() - killed > 1.0  # not withdrawn: ZooKeeper freed it (2 s session)
+
+
+def test_with_credentials_a_lock_tree_anyone_may_change_is_refused(tmp_path, zk, kazoo):
+    kazoo.ensure_path(zk.lock_path("job"))  # ZooKeeper's open ACL
+    settings = {"hosts": zk.hosts, "root": zk.root, "session_timeout": 2.0, "connect_timeout": 5.0,
+                "auth": [("digest", "ops:secret")]}
+    report = spawn(tmp_path, zk, settings=settings)
+    assert not report["ok"] and "ACLs are weaker than the credentials ask for" in report["error"], report
+    assert "secret" not in report["error"]
+    assert kazoo.get_children(zk.lock_path("job")) == []
