@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup compile venv test test-unit test-molecule bench demo demo-down clean
+.PHONY: help setup compile venv test test-unit test-sanity test-molecule bench demo demo-down clean
 
 help:
 	@echo "make venv       create .venv with the pinned requirements and .venv/bin/zoo-locked"
@@ -37,8 +37,15 @@ venv: $(VENV)/bin/zoo-locked compile
 setup:
 	bash tests/setup-host
 
+SANITY_TESTS ?= validate-modules ansible-doc action-plugin-docs import compile yamllint shellcheck runtime-metadata
+
 test: setup venv
 	$(MAKE) test-unit
+	$(MAKE) test-sanity
+
+# ansible-test sanity from its own virtualenv under .cache (tests/sanity/run explains why).
+test-sanity:
+	tests/sanity/run $(addprefix --test ,$(SANITY_TESTS))
 
 test-unit: venv
 	ZOO_LOCKED_WRITE_DOCS=1 $(PY) -m pytest -p no:cacheprovider -ra tests
