@@ -1,5 +1,6 @@
 # zoo-locked: developer and CI entry points. `make help` lists them.
 SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
@@ -57,8 +58,10 @@ demo:
 	@echo "show another node take over; make demo-down will remove it all."
 	@exit 1
 
+# Prints the figures and records them in docs/benchmarks.md (replaced only when the whole run succeeds).
 bench: venv
-	$(PY) tests/bench/run.py
+	$(PY) tests/bench/run.py | tee docs/benchmarks.md.tmp
+	mv docs/benchmarks.md.tmp docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache
