@@ -55,7 +55,7 @@ class Table:
         if BEGIN not in text or END not in text:
             text = text.rstrip("\n") + "\n\n## Bad input\n\n%s\n%s\n" % (BEGIN, END)
         head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+        dummy_old, tail = rest.split(END, 1)
         with open(DOC + ".tmp", "w") as f:
             f.write(head + self.render() + tail)
         os.replace(DOC + ".tmp", DOC)

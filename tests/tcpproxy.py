@@ -78,7 +78,7 @@ class TCPProxy:
     def _accept_loop(self):
         while not self._closed.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, dummy_addr = self._listener.accept()
             except socket.timeout:
                 continue
             except OSError:
@@ -112,7 +112,7 @@ class TCPProxy:
                 if not self._wait_thawed():
                     return
                 try:
-                    readable, _, _ = select.select([client, upstream], [], [], 0.05)
+                    readable, dummy_w, dummy_x = select.select([client, upstream], [], [], 0.05)
                 except (OSError, ValueError):
                     return
                 for s in readable:

@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
 import os
 import re
 
@@ -108,7 +109,7 @@ def check_seconds(value, where, low=0.0, high=None):
         seconds = float(value)
     except (TypeError, ValueError):
         raise ConfigError("%s: expected a number of seconds, got %r" % (where, value))
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+    if math.isnan(seconds) or seconds in (float("inf"), float("-inf")):
         raise ConfigError("%s: expected a finite number of seconds, got %r" % (where, value))
     if seconds < low or (high is not None and seconds > high):
         bounds = "at least %g" % low if high is None else "between %g and %g" % (low, high)
@@ -118,8 +119,8 @@ def check_seconds(value, where, low=0.0, high=None):
 
 def check_auth(value, where):
     """[(scheme, credential)] for kazoo from "digest:USER:PASSWORD". The message never shows the secret."""
-    scheme, _, credential = str(value).partition(":")
-    user, _, password = credential.partition(":")
+    scheme, dummy_sep, credential = str(value).partition(":")
+    user, dummy_sep, password = credential.partition(":")
     if scheme not in AUTH_SCHEMES or not user or not password:
         raise ConfigError(
             "%s: expected digest:USER:PASSWORD (USER without ':'; the value is not shown here because it may "

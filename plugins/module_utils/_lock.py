@@ -193,7 +193,7 @@ def acl_problems(session, paths, timeout):
     problems = []
     for path, answer in pending:
         try:
-            acls, _ = session.call("reading the ACL of %s" % path, answer, deadline - time.monotonic())
+            acls, dummy_stat = session.call("reading the ACL of %s" % path, answer, deadline - time.monotonic())
         except NoNodeError:
             continue
         weak = []

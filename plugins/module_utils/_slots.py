@@ -164,7 +164,7 @@ class Records:
         """The last ``limit`` records, newest first."""
         result = []
         for slot in reversed(self.slots()[-limit:] if limit else self.slots()):
-            record, _ = self.read(slot)
+            record, dummy_version = self.read(slot)
             if record is not None:
                 result.append(record)
         return result

@@ -73,7 +73,7 @@ def lock_tree_acl(auth):
     """
     for scheme, credential in auth or ():
         if scheme == "digest":
-            user, _, password = credential.partition(":")
+            user, dummy_sep, password = credential.partition(":")
             return [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
     return None
 

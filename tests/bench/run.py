@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """zoo-locked benchmarks against a real ZooKeeper: prints figures measured side by side in one run.
 
     .venv/bin/python tests/bench/run.py [--rounds N] [--quick]
@@ -62,7 +61,7 @@ def overhead(hosts, root, rounds, lockfile):
     for cmd in cmds.values():  # warm the page cache and the .pyc files
         timed(cmd)
     samples = dict((name, []) for name in cmds)
-    for _ in range(rounds):
+    for dummy in range(rounds):
         for name, cmd in cmds.items():
             samples[name].append(timed(cmd))
     print("## Per-call overhead (%d rounds, interleaved)\n" % rounds)
@@ -70,7 +69,7 @@ def overhead(hosts, root, rounds, lockfile):
     print("|---|---|---|---|")
     for name, values in samples.items():
         print("| %s | %s | %s | %s |" % (name, ms(statistics.median(values)), ms(quantile(values, 0.1)),
-                                        ms(quantile(values, 0.9))))
+                                         ms(quantile(values, 0.9))))
     runner = samples["zoo-locked run X -- true"]
     kazoo = samples["minimal kazoo script"]
     ratio = statistics.median(runner) / statistics.median(kazoo)
@@ -91,7 +90,7 @@ def handover(hosts, root, contenders, workdir):
              "sh", "-c", script, "sh", record],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        for _ in range(contenders)
+        for dummy in range(contenders)
     ]
     for proc in procs:
         if proc.wait(timeout=180) != 0:
@@ -102,7 +101,7 @@ def handover(hosts, root, contenders, workdir):
             kind, stamp = line.split()
             events.append((float(stamp), kind))
     events.sort()
-    kinds = "".join(kind for _, kind in events)
+    kinds = "".join(kind for dummy_stamp, kind in events)
     if kinds != "SE" * contenders:
         raise SystemExit("runs overlapped or went missing: %s" % kinds)
     gaps = [events[i + 1][0] - events[i][0] for i in range(1, len(events) - 1, 2)]
@@ -127,7 +126,7 @@ def slot_start(hosts, root, contenders, workdir, rounds):
                 [RUNNER, "run", "bench-slot", "--slot", "r%d" % round_no, "--wait", "60", "--hosts", hosts,
                  "--root", root, "--", "sh", "-c", 'echo run >> "$1"; sleep 0.2', "sh", record],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for _ in range(contenders)
+            for dummy in range(contenders)
         ]
         for proc in procs:
             if proc.wait(timeout=120) != 0:
@@ -160,7 +159,7 @@ def failover(hosts, root, session_timeout, workdir, server):
         wait_for(lambda: zk.exists(path) and len(zk.get_children(path)) == 1, 10, message="holder")
         waiter = subprocess.Popen(
             [RUNNER, "run", name, "--wait", "120"] + common + ["--", "sh", "-c", 'date +%s.%N > "$1"', "sh",
-                                                                 started_file],
+                                                               started_file],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: len(zk.get_children(path)) == 2, 10, message="waiter queued")
         killed_at = time.time()
@@ -221,13 +220,13 @@ def main():
         print("|---|---|---|")
         worst = []
         for session_timeout in (4.0, 10.0):
-            runs = [failover(server.hosts, root, session_timeout, workdir, server) for _ in range(args.failovers)]
+            runs = [failover(server.hosts, root, session_timeout, workdir, server) for dummy in range(args.failovers)]
             worst.append(max(runs) - session_timeout)
             print("| %g | %s | <= %g |" % (session_timeout, ", ".join("%.2f" % r for r in runs), session_timeout + 1))
         print("\n## Verdict\n")
         print("- overhead ratio %.3f: %s" % (ratio, "met" if ratio <= 1.0 else "NOT met"))
         print("- hand-over gap median %s ms: %s" % (ms(gap), "met" if gap <= 0.020 else "NOT met"))
-        print("- one slot, %d-way start: runs %s (must all be 1)" % (args.contenders, [r for r, _ in slots]))
+        print("- one slot, %d-way start: runs %s (must all be 1)" % (args.contenders, [r for r, dummy_elapsed in slots]))
         print("- failover: worst %.2f s over the session timeout: %s"
               % (max(worst), "met" if max(worst) <= 1.0 else "NOT met"))
     finally:

@@ -92,7 +92,7 @@ def test_bad_input(runner, kazoo, tmp_path, bad_input_table, case):
     args = ["run"]
     conn = runner.conn()
     if isinstance(extra, str):
-        kind, _, value = extra.partition(":")
+        kind, dummy_sep, value = extra.partition(":")
         extra = []
         if kind == "name":
             name = value

@@ -26,11 +26,11 @@ def test_concurrent_runners_take_turns(runner, kazoo):
         runs.setdefault(r["pid"], {})[r["event"]] = r
     assert len(runs) == n, runs
     intervals = sorted((run["start"]["t"], run["end"]["t"], run["start"]) for run in runs.values())
-    for (s1, e1, _), (s2, e2, _) in zip(intervals, intervals[1:]):
+    for (s1, e1, dummy_start1), (s2, e2, dummy_start2) in zip(intervals, intervals[1:]):
         assert e1 <= s2, "two COMMANDs overlapped: [%f, %f] and [%f, %f]" % (s1, e1, s2, e2)
-    tokens = [int(start["env"]["ZOO_LOCKED_TOKEN"]) for _, _, start in intervals]
+    tokens = [int(start["env"]["ZOO_LOCKED_TOKEN"]) for dummy_s, dummy_e, start in intervals]
     assert all(a < b for a, b in zip(tokens, tokens[1:])), "tokens in start order: %s" % tokens
-    holders = {start["env"]["ZOO_LOCKED_HOLDER"].rpartition(":")[2] for _, _, start in intervals}
+    holders = {start["env"]["ZOO_LOCKED_HOLDER"].rpartition(":")[2] for dummy_s, dummy_e, start in intervals}
     assert holders == {str(bg.pid) for bg in bgs}
     assert runner.children(kazoo, "turns") == []
 
@@ -47,7 +47,7 @@ def test_held_lock_is_skipped_at_once(runner, kazoo):
         assert res.returncode == 75, res
         assert res.elapsed < 3, res
         assert not os.path.exists(marker), "COMMAND ran although the lock was held"
-        assert [e for e, _ in res.log_lines()].count("skipped") == 1, res
+        assert [e for e, dummy_fields in res.log_lines()].count("skipped") == 1, res
         # A contender that gave up leaves no node behind (kazoo issue 732).
         assert runner.children(kazoo, "busy") == [holder_node]
 
@@ -66,7 +66,7 @@ def test_waiter_runs_after_the_holder(runner, kazoo):
     [holder_end] = records(rec, "end", "holder")
     [waiter_start] = records(rec, "start", "waiter")
     assert holder_end["t"] <= waiter_start["t"]
-    assert "waiting" in [e for e, _ in res.log_lines()], res
+    assert "waiting" in [e for e, dummy_fields in res.log_lines()], res
     assert runner.children(kazoo, "queue") == []
 
 
@@ -102,8 +102,11 @@ def test_status_shows_holder_and_waiter(runner, kazoo):
     wait_for(_ready(ready), 15, message="the holder's COMMAND to start")
     waiter = runner.start("shown", ["true"], "--wait", 60, "--owner", "bob", "--purpose", "second")
 
-    lock = wait_for(lambda: (lambda l: l if l["waiters"] else None)(_lock_status(runner, "shown")), 15,
-                    interval=0.1, message="status to show a waiter")
+    def shown_with_waiter():
+        status = _lock_status(runner, "shown")
+        return status if status["waiters"] else None
+
+    lock = wait_for(shown_with_waiter, 15, interval=0.1, message="status to show a waiter")
     h = lock["holder"]
     assert set(h) >= {"host", "pid", "owner", "purpose", "since", "token"}, h
     assert int(h["pid"]) == holder.pid, h

@@ -19,7 +19,7 @@ def test_command_sees_its_lock_in_the_environment(runner, kazoo):
     [start] = records(rec, "start")
     env = start["env"]
     assert env.get("ZOO_LOCKED_NAME") == "env-lock", env
-    host, _, pid = env.get("ZOO_LOCKED_HOLDER", "").rpartition(":")
+    host, dummy_sep, pid = env.get("ZOO_LOCKED_HOLDER", "").rpartition(":")
     assert pid == str(bg.pid), "ZOO_LOCKED_HOLDER %r is not host:<runner pid %d>" % (env.get("ZOO_LOCKED_HOLDER"), bg.pid)
     assert host in hostnames(), env
     assert re.fullmatch(r"[0-9]+", env.get("ZOO_LOCKED_TOKEN", "")), env
@@ -31,7 +31,7 @@ def test_command_sees_its_lock_in_the_environment(runner, kazoo):
 
 def test_token_increases_with_every_holder(runner):
     tokens = []
-    for _ in range(4):
+    for attempt in range(4):
         rec = runner.path("rec")
         res = runner.run("tokens", runner.worker(record=rec))
         assert res.returncode == 0, res
@@ -86,7 +86,7 @@ def test_events_are_logged_one_line_each(runner):
         assert re.match(r"zoo-locked: (%s)( [A-Za-z_]+=\S*)*$" % "|".join(EVENTS), line), (
             "not a `zoo-locked: EVENT key=value ...` line: %r" % line
         )
-    events = [event for event, _ in res.log_lines()]
+    events = [event for event, dummy_fields in res.log_lines()]
     assert events.count("acquired") == 1 and events.count("released") == 1, res
     assert events.index("acquired") < events.index("released"), res
     acquired = res.log_lines("acquired")[0][1]
@@ -117,9 +117,8 @@ def test_version(runner):
     assert re.search(r"[0-9]+\.[0-9]+", res.stdout + res.stderr), res
 
 
-
 def test_syslog_option_is_accepted(runner):
     # This machine may have no syslog daemon (/dev/log): the events still go to stderr and COMMAND runs.
     res = runner.run("syslogged", ["sh", "-c", "exit 4"], "--syslog")
     assert res.returncode == 4, res
-    assert "acquired" in [e for e, _ in res.log_lines()], res
+    assert "acquired" in [e for e, dummy_fields in res.log_lines()], res

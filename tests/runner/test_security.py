@@ -60,7 +60,7 @@ def test_lock_tree_refuses_everyone_but_the_cluster(runner, outsider):
             attempt()
             pytest.fail("an outsider could %s" % what)
     # Reading is allowed: status works for anyone.
-    data, _ = outsider.get(lock_dir + "/" + contender)
+    data, dummy_stat = outsider.get(lock_dir + "/" + contender)
     assert json.loads(data.decode())["host"]
     holder.signal(15)
     assert holder.wait(15).returncode == 143

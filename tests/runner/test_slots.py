@@ -16,7 +16,7 @@ def _history(runner, name):
 
 def _spread_start(runner, count, spread, args_for):
     """Start `count` runners at random moments over `spread` seconds; return them."""
-    moments = sorted(random.uniform(0, spread) for _ in range(count))
+    moments = sorted(random.uniform(0, spread) for dummy in range(count))
     started = time.monotonic()
     procs = []
     for moment in moments:
@@ -75,7 +75,7 @@ def test_holder_killed_mid_run_a_waiter_runs_the_slot_once_more(runner):
     first = runner.start("backup", runner.worker(record=record, ready=ready, sleep=60, tag="first"), *common)
     wait_for(lambda: records(record, "start", tag="first"), 15, message="the first run to start")
     waiters = [runner.start("backup", runner.worker(record=record, sleep=0.3, tag="waiter"), *common)
-               for _ in range(3)]
+               for dummy in range(3)]
     from kazoo.client import KazooClient
 
     zk = KazooClient(hosts=runner.zk.hosts)

@@ -51,7 +51,7 @@ def test_timeout_stops_the_whole_group(runner, kazoo, case, worker_args, kill_af
         # KILL came no sooner than --kill-after after the TERM.
         assert ended - min(r["t"] for r in terms) >= 0.9 * kill_after
     assert not records(rec, "end"), "COMMAND was not stopped"
-    assert "stopping" in [e for e, _ in res.log_lines()], res
+    assert "stopping" in [e for e, dummy_fields in res.log_lines()], res
     assert runner.children(kazoo, "slow") == []
 
 
@@ -133,5 +133,5 @@ def test_deleted_lock_node_stops_the_command(runner, kazoo, zk):
     assert time.monotonic() - deleted_at < 10, res
     wait_for(_all_dead(pids), 2, message="COMMAND's group to be dead")
     assert not records(rec, "end"), "COMMAND ran to its end"
-    assert "lost" in [e for e, _ in res.log_lines()], res
+    assert "lost" in [e for e, dummy_fields in res.log_lines()], res
     assert runner.children(kazoo, "stolen") == []

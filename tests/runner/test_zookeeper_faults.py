@@ -48,7 +48,7 @@ def test_partitioned_holder_stops_before_its_session_can_expire(runner, zk_serve
 
     res = first.wait(30)
     assert res.returncode == 70, res
-    assert "lost" in [e for e, _ in res.log_lines()], res
+    assert "lost" in [e for e, dummy_fields in res.log_lines()], res
     assert not records(rec, "end", "first")
     assert int(second_start["env"]["ZOO_LOCKED_TOKEN"]) > int(records(rec, "start", "first")[0]["env"]["ZOO_LOCKED_TOKEN"])
 
@@ -69,7 +69,7 @@ def test_short_blip_leaves_the_command_alone(runner, zk_server, proxy_factory):
     assert res.returncode == 7, res
     assert not records(rec, "signal"), "COMMAND was signalled during a short blip"
     assert records(rec, "end"), "COMMAND did not run to its end"
-    events = [e for e, _ in res.log_lines()]
+    events = [e for e, dummy_fields in res.log_lines()]
     assert "lost" not in events and "stopping" not in events, res
 
 
