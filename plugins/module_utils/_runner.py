@@ -545,6 +545,9 @@ class Runner:
             log("waiting", name=self.name, host=self.host, holder=describe_contender(holder), wait=options.wait,
                 slot=self.slot)
 
+        # Made (and its imports done) before queueing, so that none of it delays the start of COMMAND once the
+        # lock is ours: that is the hand-over gap between two holders.
+        self.supervisor = Supervisor(self)
         try:
             token = self.lock.acquire(options.wait, on_wait=waiting)
         except LockHeld as exc:
@@ -556,6 +559,7 @@ class Runner:
             log("error", name=self.name, host=self.host, reason="while taking the lock: %s" % exc)
             return EX_UNAVAILABLE
         held_since = time.monotonic()
+        supervisor = self.supervisor
         log("acquired", name=self.name, host=self.host, token=token, waited=held_since - started,
             session_timeout=self.session.session_timeout, slot=self.slot)
         if self.slot is not None:
@@ -567,7 +571,6 @@ class Runner:
             if claimed is not None:
                 self.lock.release(timeout=min(2.0, self.session.session_timeout))
                 return claimed
-        supervisor = Supervisor(self)
         start_wall = time.time()
         code = supervisor.run(token)
         self.metrics = {"start": start_wall, "duration": time.time() - start_wall, "exit_code": code,
@@ -660,6 +663,11 @@ class Supervisor:
     RANK = {"signal": 0, "timeout": 1, "lost": 2}  # the strongest reason decides the exit code
 
     def __init__(self, runner):
+        import subprocess
+        from ._lock import Guard
+
+        self.popen = subprocess.Popen
+        self.guard_class = Guard
         self.runner = runner
         self.log = runner.log
         self.options = runner.options
@@ -690,9 +698,6 @@ class Supervisor:
             self.kill_at = kill_at
 
     def run(self, token):
-        import subprocess
-        from ._lock import Guard
-
         runner, options = self.runner, self.options
         session_timeout = self.session.session_timeout
         wake_read, wake_write = os.pipe()
@@ -720,7 +725,7 @@ class Supervisor:
         guard = terminal = None
         try:
             try:
-                proc = subprocess.Popen(runner.command, env=env, **group)
+                proc = self.popen(runner.command, env=env, **group)
             except OSError as exc:
                 self.log("error", name=runner.name, host=runner.host,
                          reason="cannot run %s: %s" % (runner.command[0], exc.strerror))
@@ -728,7 +733,7 @@ class Supervisor:
             self.pgid = proc.pid
             os.write(runner.guardian, b"%d\n" % proc.pid)
             terminal = _give_terminal(proc.pid)
-            guard = Guard(runner.lock, ping)
+            guard = self.guard_class(runner.lock, ping)
             guard.start()
             timeout_at = time.monotonic() + options.timeout if options.timeout else None
             while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
@@ -830,25 +835,34 @@ def _take_terminal(pgid):
         signal.signal(signal.SIGTTOU, old)
 
 
-def status(options, settings, log):
-    from ._zk import ZooRefused, ZooError, ZooUnavailable
-    from ._lock import status as lock_status
+def _ask(settings, log, work):
+    """work(session) on a fresh session: (exit code or None, result). Errors are logged and mapped to codes."""
+    from ._zk import ZooError, ZooRefused, ZooUnavailable
 
     try:
         session = _open_session(settings, log)
     except ZooUnavailable as exc:
         log("error", reason=str(exc))
-        return EX_UNAVAILABLE
+        return EX_UNAVAILABLE, None
     try:
-        locks = lock_status(session, settings["root"], options.names, session.session_timeout)
+        return None, work(session)
     except ZooRefused as exc:
         log("error", reason=str(exc))
-        return EX_CONFIG
+        return EX_CONFIG, None
     except ZooError as exc:
         log("error", reason=str(exc))
-        return EX_UNAVAILABLE
+        return EX_UNAVAILABLE, None
     finally:
         session.close(timeout=2.0)
+
+
+def status(options, settings, log):
+    from ._lock import status as lock_status
+
+    code, locks = _ask(settings, log, lambda session: lock_status(
+        session, settings["root"], options.names, session.session_timeout))
+    if code is not None:
+        return code
     if options.json:
         import json
 
@@ -872,24 +886,12 @@ def status(options, settings, log):
 
 
 def history(options, settings, log):
-    from ._zk import ZooRefused, ZooError, ZooUnavailable
     from ._slots import Records
 
-    try:
-        session = _open_session(settings, log)
-    except ZooUnavailable as exc:
-        log("error", reason=str(exc))
-        return EX_UNAVAILABLE
-    try:
-        runs = Records(session, settings["root"], options.name).history(options.limit)
-    except ZooRefused as exc:
-        log("error", reason=str(exc))
-        return EX_CONFIG
-    except ZooError as exc:
-        log("error", reason=str(exc))
-        return EX_UNAVAILABLE
-    finally:
-        session.close(timeout=2.0)
+    code, runs = _ask(settings, log, lambda session: Records(session, settings["root"], options.name).history(
+        options.limit))
+    if code is not None:
+        return code
     if options.json:
         import json
 
@@ -908,32 +910,23 @@ def history(options, settings, log):
 
 
 def acl(options, settings, log):
-    from ._zk import ZooRefused, ZooError, ZooUnavailable
     from ._lock import acl_problems, fix_acls, tree_paths
 
     if not settings.get("auth"):
         log("error", reason="acl needs the cluster's credentials: set auth = digest:USER:PASSWORD in the config "
             "file, or ZOO_LOCKED_AUTH")
         return EX_CONFIG
-    try:
-        session = _open_session(settings, log)
-    except ZooUnavailable as exc:
-        log("error", reason=str(exc))
-        return EX_UNAVAILABLE
-    try:
+
+    def check(session):
         paths = tree_paths(session, settings["root"], 60.0)
         if options.fix:
-            fixed = fix_acls(session, paths, 60.0)
-            log("fixed", root=settings["root"], nodes=len(fixed))
-        problems = acl_problems(session, paths, 60.0)
-    except ZooRefused as exc:
-        log("error", reason=str(exc))
-        return EX_CONFIG
-    except ZooError as exc:
-        log("error", reason=str(exc))
-        return EX_UNAVAILABLE
-    finally:
-        session.close(timeout=2.0)
+            log("fixed", root=settings["root"], nodes=len(fix_acls(session, paths, 60.0)))
+        return paths, acl_problems(session, paths, 60.0)
+
+    code, found = _ask(settings, log, check)
+    if code is not None:
+        return code
+    paths, problems = found
     if options.json:
         import json
 
