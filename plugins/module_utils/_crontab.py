@@ -138,6 +138,17 @@ def schedule_errors(schedule):
     return errors
 
 
+class _Problems:
+    """Collects "WHERE: FIELD: MESSAGE" lines for one job."""
+
+    def __init__(self, errors, where):
+        self.errors = errors
+        self.where = where
+
+    def __call__(self, field, message):
+        self.errors.append("%s: %s: %s" % (self.where, field, message))
+
+
 def normalize_jobs(jobs, defaults=None):
     """Validate the job list and return the jobs to install, in order, with every key filled in.
 
@@ -163,9 +174,7 @@ def normalize_jobs(jobs, defaults=None):
         if isinstance(name, str) and name:
             where = "job %r (crontab_jobs[%d])" % (name, index)
         job_errors = []
-
-        def problem(field, message, _errors=job_errors, _where=where):
-            _errors.append("%s: %s: %s" % (_where, field, message))
+        problem = _Problems(job_errors, where)
 
         unknown = sorted(str(key) for key in job if key not in JOB_KEYS)
         for key in unknown:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Check the test jobs' logs on the shared volume, over the minute slots [first, first + 60 * slots).
 
 exclusive.log: one line "HOST START END" per run of the exclusive job (Unix times).

@@ -85,7 +85,7 @@ def job_lines(text):
 def sh(command, env=None):
     run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/home/test"}
     run_env.update(env or {})
-    return subprocess.run(["/bin/sh", "-c", command], capture_output=True, env=run_env, timeout=10)
+    return subprocess.run(["/bin/sh", "-c", command], capture_output=True, env=run_env, timeout=10, check=False)
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_job_environment_reaches_the_command_unchanged(crontab, fake_runner, cro
     command = "".join("printf '%%s=[%%s]\\n' %s \"$%s\";" % (k, k) for k in sorted(environment))
     for lock in ("exclusive", "none"):
         jobs = [{"name": "env", "schedule": "@hourly", "command": command, "lock": lock, "environment": environment}]
-        (_, _, line), = job_lines(crontab.render(jobs, runner=runner))
+        line = job_lines(crontab.render(jobs, runner=runner))[0][2]
         result = sh(cron(line), {"ARGV_LOG": argv_log})
         expected = "".join("%s=[%s]\n" % (k, environment[k]) for k in sorted(environment))
         assert result.stdout.decode() == expected, lock
@@ -140,11 +140,11 @@ def test_options_and_defaults_are_rendered(crontab):
     ]
     text = crontab.render(jobs, runner="/usr/local/bin/zoo-locked",
                           defaults={"user": "nobody", "wait": 0, "timeout": 60})
-    lines = [line for _, _, line in job_lines(text)]
+    lines = [fields[2] for fields in job_lines(text)]
     assert lines[0] == "/usr/local/bin/zoo-locked run a --wait 30 --timeout 600 --kill-after 2.5 -- /bin/sh -c 'x'"
     assert lines[1] == "/usr/local/bin/zoo-locked run b --wait 0 --timeout 60 -- /bin/sh -c 'y'"
     assert lines[2] == "/bin/sh -c 'z'"
-    assert [user for _, user, _ in job_lines(text)] == ["nobody", "app", "nobody"]
+    assert [fields[1] for fields in job_lines(text)] == ["nobody", "app", "nobody"]
 
 
 def test_same_jobs_same_bytes(crontab):
