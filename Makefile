@@ -44,6 +44,19 @@ SANITY_TESTS ?=
 test: setup venv
 	$(MAKE) test-unit
 	$(MAKE) test-sanity
+	$(MAKE) test-molecule
+
+# The collection as Ansible finds it: this checkout, through a link (no built copy to go stale).
+COLLECTIONS := $(CURDIR)/.cache/collections
+$(COLLECTIONS)/ansible_collections/zoolocked/cron:
+	mkdir -p $(dir $@)
+	ln -sfn $(CURDIR) $@
+
+# The three-node cluster with a three-server ZooKeeper ensemble (docs/deployment.md).
+test-molecule: venv $(COLLECTIONS)/ansible_collections/zoolocked/cron
+	bash .ci/docker-up
+	tests/images/build
+	ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS) $(VENV)/bin/molecule test
 
 # ansible-test sanity from its own virtualenv under .cache (tests/sanity/run explains why).
 test-sanity:
