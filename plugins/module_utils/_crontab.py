@@ -20,13 +20,13 @@ from __future__ import annotations
 import math
 import re
 
+from ._config import check_lock_name
+
 JOB_KEYS = ("name", "schedule", "command", "user", "lock", "wait", "timeout", "kill_after", "environment", "state")
 LOCK_MODES = ("exclusive", "none")
 STATES = ("present", "absent")
 SPECIAL_SCHEDULES = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
-# The runner's rule for lock names (zoo-locked run NAME).
-LOCK_NAME_RE = re.compile(r"^(?!\.)[A-Za-z0-9._-]{1,100}$")
 # Portable user names (POSIX plus the usual Debian and systemd allowances); existence is checked on the nodes.
 USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -182,7 +182,7 @@ def normalize_jobs(jobs, defaults=None):
 
         if name is None:
             problem("name", "missing; every job needs a name (it is also its lock name)")
-        elif not isinstance(name, str) or not LOCK_NAME_RE.match(name):
+        elif not isinstance(name, str) or check_lock_name(name):  # the runner's own rule
             problem("name", "%r is not a valid lock name: 1-100 characters of A-Z a-z 0-9 . _ -, "
                             "not starting with '.'" % (name,))
         elif name in seen:

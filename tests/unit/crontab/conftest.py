@@ -1,7 +1,9 @@
-"""Load plugins/module_utils/_crontab.py by path: it is standard library only, so no collection loader needed."""
+"""_crontab from plugins/module_utils, imported as the runner's package zoo_locked (make venv links it), so its
+relative import of _config (the one lock-name rule) works as it does in the collection."""
 
-import importlib.util
+import importlib
 import os
+import sys
 
 import pytest
 
@@ -10,8 +12,5 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 
 @pytest.fixture(scope="session")
 def crontab():
-    spec = importlib.util.spec_from_file_location(
-        "zoolocked_crontab_under_test", os.path.join(ROOT, "plugins", "module_utils", "_crontab.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, os.path.join(ROOT, ".venv", "lib", "zoo-locked"))
+    return importlib.import_module("zoo_locked._crontab")
