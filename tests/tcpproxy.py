@@ -91,6 +91,11 @@ class TCPProxy:
             self._threads.append(t)
             t.start()
 
+    def upstream_connections(self):
+        """How many accepted connections are connected through to the target."""
+        with self._lock:
+            return sum(1 for pair in self._conns if pair[1] is not None)
+
     def _wait_thawed(self):
         while not self._thawed.wait(0.05):
             if self._closed.is_set():

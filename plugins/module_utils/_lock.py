@@ -30,7 +30,7 @@ import uuid
 from ._zk import ZooError
 
 try:
-    from kazoo.exceptions import ConnectionLoss, NoNodeError, NotEmptyError, SessionExpiredError
+    from kazoo.exceptions import ConnectionLoss, NoNodeError, SessionExpiredError
     from kazoo.protocol.states import KazooState
 except ImportError:  # reported by the caller through _zk.HAS_KAZOO
     pass
@@ -391,13 +391,6 @@ class Lock:
             self.path = None
 
     release = withdraw
-
-    def prune(self, timeout=1.0):
-        """Remove the lock's parent node if nobody queues on it any more (best effort)."""
-        try:
-            self.session.call("pruning %s" % self.dir, self.session.client.delete_async(self.dir), timeout)
-        except (NoNodeError, NotEmptyError, ZooError, ConnectionLoss, SessionExpiredError):
-            pass
 
 
 class Guard:

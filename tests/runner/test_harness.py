@@ -42,8 +42,8 @@ def test_proxy_holds_bytes_while_frozen(zk_server, proxy_factory):
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as s:
         assert _ask(s, b"ruok", 2) == b"imok"
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as s:
-        # Let the proxy connect upstream before freezing, so both directions are held.
-        time.sleep(0.2)
+        # The proxy must be connected upstream before freezing, so both directions are held.
+        wait_for(lambda: proxy.upstream_connections() >= 1, 5, message="the proxy's upstream connection")
         proxy.freeze()
         assert _ask(s, b"ruok", 0.7) is None
         proxy.thaw()

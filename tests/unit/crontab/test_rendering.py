@@ -32,13 +32,14 @@ os.execvp(argv[argv.index("--") + 1], argv[argv.index("--") + 1:])
 """
 
 
-def debian_cron(command):
-    """What Debian's cron hands to the shell: \\% -> %, \\\\ -> \\, cut at the first bare % (observed)."""
+def _cron_model(command, escapable):
+    """What a cron hands to the shell: a backslash before one of `escapable` is dropped, and the command is cut
+    at the first bare %."""
     out, escaped = [], False
     for ch in command:
         if escaped:
             escaped = False
-            if ch in "%\\":
+            if ch in escapable:
                 out[-1] = ch
                 continue
             out.append(ch)
@@ -48,24 +49,16 @@ def debian_cron(command):
         escaped = ch == "\\"
         out.append(ch)
     return "".join(out)
+
+
+def debian_cron(command):
+    """What Debian's cron hands to the shell: \\% -> %, \\\\ -> \\, cut at the first bare % (observed)."""
+    return _cron_model(command, "%\\")
 
 
 def cronie(command):
     """What cronie hands to the shell: only \\% -> %, cut at the first bare %."""
-    out, escaped = [], False
-    for ch in command:
-        if escaped:
-            escaped = False
-            if ch == "%":
-                out[-1] = ch
-                continue
-            out.append(ch)
-            continue
-        if ch == "%":
-            break
-        escaped = ch == "\\"
-        out.append(ch)
-    return "".join(out)
+    return _cron_model(command, "%")
 
 
 def job_lines(text):
