@@ -17,17 +17,19 @@ def crontab_jobs(jobs, defaults=None):
         raise AnsibleFilterError("invalid crontab_jobs:\n" + str(exc)) from None
 
 
-def crontab_file(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None):
+def crontab_file(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None, metrics_dir=None):
     """The whole cron.d file for the jobs: the same bytes for the same input, on every host."""
     try:
-        return _crontab.render(jobs, runner=runner, environment=environment, defaults=defaults)
+        return _crontab.render(jobs, runner=runner, environment=environment, defaults=defaults,
+                               metrics_dir=metrics_dir)
     except _crontab.CrontabError as exc:
         raise AnsibleFilterError("invalid crontab_jobs:\n" + str(exc)) from None
 
 
-def crontab_problems(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None):
+def crontab_problems(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None, metrics_dir=None):
     """What is wrong with the jobs, one message per problem naming the job and the field; empty when nothing."""
-    return _crontab.problems(jobs, runner=runner, environment=environment, defaults=defaults)
+    return _crontab.problems(jobs, runner=runner, environment=environment, defaults=defaults,
+                             metrics_dir=metrics_dir)
 
 
 class FilterModule:

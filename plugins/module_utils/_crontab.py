@@ -22,7 +22,8 @@ import re
 
 from ._config import check_lock_name
 
-JOB_KEYS = ("name", "schedule", "command", "user", "lock", "wait", "timeout", "kill_after", "environment", "state")
+JOB_KEYS = ("name", "schedule", "command", "user", "lock", "wait", "timeout", "kill_after", "slots", "max_delay",
+            "retry_failed", "environment", "state")
 LOCK_MODES = ("exclusive", "none")
 STATES = ("present", "absent")
 SPECIAL_SCHEDULES = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -31,6 +32,12 @@ SPECIAL_SCHEDULES = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "
 USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FORBIDDEN_CHARS = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte"}
+
+# The runner's own default for --kill-after (seconds), used to size the automatic wait.
+RUNNER_KILL_AFTER = 10
+# Automatic wait, on top of the job's timeout and kill delay: covers the session timeout of a holder that died
+# just before its timeout, and the seconds between the nodes' cron firings.
+DEFAULT_WAIT_MARGIN = 60
 
 # Vixie/Debian cron reads at most MAX_COMMAND (1000) bytes of a command; longer ones are cut, not refused.
 MAX_LINE = 999
@@ -138,6 +145,48 @@ def schedule_errors(schedule):
     return errors
 
 
+def _slot_schedule_errors(schedule):
+    """What the runner's --schedule (croniter) would refuse in a schedule the cron checks above accept."""
+    from ._slots import check_schedule  # pylint: disable=import-outside-toplevel
+
+    problem = check_schedule(schedule)
+    if problem and "croniter" in problem and "bad schedule" not in problem:
+        return ["the crontab role needs the Python library croniter on the controller for jobs with slots "
+                "(pip install -r requirements/runner.txt), or set slots: false (%s)" % problem]
+    if problem:
+        return [problem]
+    from croniter import CroniterBadDateError  # pylint: disable=import-outside-toplevel
+    from ._slots import shortest_period  # pylint: disable=import-outside-toplevel
+
+    try:
+        shortest_period(schedule)
+    except CroniterBadDateError:
+        return ["%r never fires: no date matches it (for example the 30th of February)" % (schedule,)]
+    return []
+
+
+def auto_wait(job, margin=None):
+    """Seconds the other nodes wait for an exclusive job's lock, sized to the job (``wait: auto``).
+
+    Without slots, waiting would run the job again after the holder finished: 0. With slots a waiter only takes
+    over a slot whose holder died, and is useless once the slot is too old to run (one period, the runner's
+    default --max-delay): the shortest period of the schedule, or less when the job's timeout says it ends
+    sooner (timeout + kill delay + ``margin``).
+    """
+    if job["lock"] != "exclusive" or not job["slots"]:
+        return 0
+    from ._slots import shortest_period  # pylint: disable=import-outside-toplevel
+
+    wait = shortest_period(job["schedule"])
+    if job.get("max_delay") is not None:
+        wait = min(wait, job["max_delay"])
+    if job.get("timeout") is not None:
+        margin = DEFAULT_WAIT_MARGIN if margin is None else margin
+        kill_after = RUNNER_KILL_AFTER if job.get("kill_after") is None else job["kill_after"]
+        wait = min(wait, job["timeout"] + kill_after + margin)
+    return int(math.ceil(wait))
+
+
 class _Problems:
     """Collects "WHERE: FIELD: MESSAGE" lines for one job."""
 
@@ -152,8 +201,9 @@ class _Problems:
 def normalize_jobs(jobs, defaults=None):
     """Validate the job list and return the jobs to install, in order, with every key filled in.
 
-    ``defaults`` may give ``user``, ``lock``, ``wait``, ``timeout`` and ``kill_after`` for jobs that do not.
-    Jobs with ``state: absent`` are validated (so a typo is not silently ignored) and left out.
+    ``defaults`` may give ``user``, ``lock``, ``wait``, ``timeout``, ``kill_after``, ``slots``, ``max_delay`` and
+    ``retry_failed`` for jobs that do not, and ``wait_margin`` (see auto_wait). Jobs with ``state: absent`` are
+    validated (so a typo is not silently ignored) and left out.
     Raises CrontabError listing every problem found, each naming the job and the field.
     """
     defaults = dict(defaults or {})
@@ -224,14 +274,40 @@ def normalize_jobs(jobs, defaults=None):
             problem("lock", "%r is not one of %s" % (lock, ", ".join(LOCK_MODES)))
 
         options = {}
-        for key, minimum_exclusive in (("wait", False), ("timeout", True), ("kill_after", True)):
+        for key in ("slots", "retry_failed"):
+            explicit = job.get(key) is not None
+            value = job.get(key) if explicit else defaults.get(key, key == "slots")
+            if not isinstance(value, bool):
+                problem(key, "%r is not true or false" % (value,))
+            elif lock == "none":
+                if explicit:
+                    problem(key, "only applies to jobs with lock 'exclusive' (this one has lock 'none')")
+            else:
+                options[key] = value
+        slotted = bool(options.get("slots")) and isinstance(schedule, str) and schedule.strip() != "@reboot"
+        if slotted and present and not schedule_errors(schedule):
+            for message in _slot_schedule_errors(schedule):
+                problem("schedule", message)
+        for key, minimum_exclusive in (("wait", False), ("timeout", True), ("kill_after", True),
+                                       ("max_delay", True)):
             explicit = job.get(key) is not None
             value = job.get(key) if explicit else defaults.get(key)
             if value is None:
                 continue
+            if key == "wait" and value == "auto":
+                if lock == "exclusive":
+                    options[key] = value
+                elif explicit:
+                    problem(key, "only applies to jobs with lock 'exclusive' (this one has lock 'none')")
+                continue
+            if key == "max_delay" and lock == "exclusive" and not slotted:
+                if explicit:
+                    problem(key, "only applies to jobs with slots (slots: true and a schedule other than @reboot)")
+                continue
             number = _number(value)
             if number is None or number < 0 or (minimum_exclusive and number == 0):
-                problem(key, "%r is not a number of seconds %s" % (value, "above 0" if minimum_exclusive else ">= 0"))
+                problem(key, "%r is not a number of seconds %s" % (
+                    value, "above 0" if minimum_exclusive else ">= 0, or 'auto'" if key == "wait" else ">= 0"))
                 continue
             if lock == "none":
                 # Role-wide defaults simply do not apply to unlocked jobs; a value set on the job is a mistake.
@@ -260,12 +336,17 @@ def normalize_jobs(jobs, defaults=None):
                 problem("environment", "%s contains %s" % (var, label))
             env[var] = value
 
+        if options.get("retry_failed") and not slotted:
+            if job.get("retry_failed") is not None:
+                problem("retry_failed", "only applies to jobs with slots (slots: true and a schedule other than "
+                                        "@reboot)")
+            options["retry_failed"] = False
         if job_errors:
             errors.extend(job_errors)
             continue
         if not present:
             continue
-        result.append({
+        normalized = {
             "name": name,
             "schedule": " ".join(schedule.split()),
             "command": command,
@@ -274,8 +355,14 @@ def normalize_jobs(jobs, defaults=None):
             "wait": options.get("wait"),
             "timeout": options.get("timeout"),
             "kill_after": options.get("kill_after"),
+            "slots": slotted,
+            "max_delay": options.get("max_delay"),
+            "retry_failed": bool(options.get("retry_failed")),
             "environment": env,
-        })
+        }
+        if normalized["wait"] == "auto":
+            normalized["wait"] = auto_wait(normalized, defaults.get("wait_margin"))
+        result.append(normalized)
     if errors:
         raise CrontabError(errors)
     return result
@@ -311,14 +398,21 @@ def _seconds(value):
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def job_argv(job, runner="/usr/local/bin/zoo-locked", shell="/bin/sh", env_command="/usr/bin/env"):
+def job_argv(job, runner="/usr/local/bin/zoo-locked", shell="/bin/sh", env_command="/usr/bin/env", metrics_dir=None):
     """The command line of a normalized job as a list of words, before any quoting."""
     argv = []
     if job["lock"] == "exclusive":
         argv += [runner, "run", job["name"]]
-        for key, flag in (("wait", "--wait"), ("timeout", "--timeout"), ("kill_after", "--kill-after")):
+        if job.get("slots"):
+            argv += ["--schedule", job["schedule"]]
+        for key, flag in (("wait", "--wait"), ("timeout", "--timeout"), ("kill_after", "--kill-after"),
+                          ("max_delay", "--max-delay")):
             if job.get(key) is not None:
                 argv += [flag, _seconds(job[key])]
+        if job.get("retry_failed"):
+            argv.append("--retry-failed")
+        if metrics_dir:
+            argv += ["--metrics-dir", metrics_dir]
         argv.append("--")
     if job["environment"]:
         argv.append(env_command)
@@ -362,9 +456,13 @@ def env_line(name, value):
     return "%s=%s%s%s" % (name, quote, value, quote)
 
 
-def render(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None):
+def render(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None, metrics_dir=None):
     """The whole cron.d file for ``jobs`` (raw, as the role receives them): validated, deterministic."""
     normalized = normalize_jobs(jobs, defaults)
+    if metrics_dir is not None and (not isinstance(metrics_dir, str) or metrics_dir and (
+            not metrics_dir.startswith("/") or _forbidden(metrics_dir))):
+        raise CrontabError(["crontab_metrics_dir: %r is not an absolute path; give one such as "
+                            "/var/lib/node_exporter/textfile, or leave it empty for no metrics" % (metrics_dir,)])
     lines = [HEADER]
     if environment:
         if not isinstance(environment, dict):
@@ -380,7 +478,7 @@ def render(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=
         lines.append("".join(env_lines))
     errors = []
     for job in normalized:
-        argv = job_argv(job, runner)
+        argv = job_argv(job, runner, metrics_dir=metrics_dir)
         # The command itself is always quoted, so that it stands out as one word even when it is one word.
         words = [_word(word) for word in argv[:-1]] + [shell_quote(argv[-1])]
         line = "%s %s %s" % (job["schedule"], job["user"], " ".join(words))
@@ -397,10 +495,10 @@ def render(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=
     return "".join(lines)
 
 
-def problems(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None):
+def problems(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None, metrics_dir=None):
     """Everything render() would refuse, as a list of messages; empty when the jobs are fine."""
     try:
-        render(jobs, runner=runner, environment=environment, defaults=defaults)
+        render(jobs, runner=runner, environment=environment, defaults=defaults, metrics_dir=metrics_dir)
     except CrontabError as exc:
         return exc.errors
     return []

@@ -97,6 +97,33 @@ def slot_for_schedule(expression, now):
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(scheduled)), scheduled, period
 
 
+_PERIODS = {}
+
+
+def shortest_period(expression, fires=500):
+    """Shortest time in seconds between two fire times of a cron expression, in wall-clock time.
+
+    Counted over the first ``fires`` fire times from 2001-01-01 in naive time (no time zone, no DST), so every
+    controller and node gets the same figure for the same expression. Used to size how long a job's other
+    nodes wait for its lock (the crontab role's automatic ``--wait``).
+    """
+    if expression not in _PERIODS:
+        import datetime
+
+        from croniter import croniter
+
+        fire_times = croniter(expression, datetime.datetime(2001, 1, 1))
+        previous = fire_times.get_next(datetime.datetime)
+        shortest = None
+        for dummy in range(fires):
+            following = fire_times.get_next(datetime.datetime)
+            gap = (following - previous).total_seconds()
+            shortest = gap if shortest is None else min(shortest, gap)
+            previous = following
+        _PERIODS[expression] = int(shortest)
+    return _PERIODS[expression]
+
+
 class Records:
     """The run records of one job."""
 

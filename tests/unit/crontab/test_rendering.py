@@ -105,8 +105,8 @@ def test_cron_runs_exactly_the_command(crontab, fake_runner, cron, lock, command
     if lock == "exclusive":
         with open(argv_log) as log:
             argv = json.loads(log.readline())
-        assert argv == ["run", "job", "--wait", "0", "--", "/bin/sh", "-c", command] or \
-            argv == ["run", "job", "--", "/bin/sh", "-c", command]
+        # The schedule reaches the runner as one word, its stars not expanded by either shell.
+        assert argv == ["run", "job", "--schedule", "* * * * *", "--", "/bin/sh", "-c", command]
     else:
         assert not os.path.exists(argv_log)
 
@@ -130,14 +130,55 @@ def test_options_and_defaults_are_rendered(crontab):
         {"name": "a", "schedule": "0 3 * * *", "command": "x", "wait": 30, "timeout": "600", "kill_after": 2.5},
         {"name": "b", "schedule": "0 3 * * *", "command": "y", "user": "app"},
         {"name": "c", "schedule": "0 3 * * *", "command": "z", "lock": "none"},
+        {"name": "d", "schedule": "@hourly", "command": "w", "slots": False},
+        {"name": "e", "schedule": "@hourly", "command": "v", "max_delay": 600, "retry_failed": True},
     ]
     text = crontab.render(jobs, runner="/usr/local/bin/zoo-locked",
-                          defaults={"user": "nobody", "wait": 0, "timeout": 60})
+                          defaults={"user": "nobody", "wait": 0, "timeout": 60}, metrics_dir="/var/lib/metrics")
     lines = [fields[2] for fields in job_lines(text)]
-    assert lines[0] == "/usr/local/bin/zoo-locked run a --wait 30 --timeout 600 --kill-after 2.5 -- /bin/sh -c 'x'"
-    assert lines[1] == "/usr/local/bin/zoo-locked run b --wait 0 --timeout 60 -- /bin/sh -c 'y'"
-    assert lines[2] == "/bin/sh -c 'z'"
-    assert [fields[1] for fields in job_lines(text)] == ["nobody", "app", "nobody"]
+    assert lines == [
+        "/usr/local/bin/zoo-locked run a --schedule '0 3 * * *' --wait 30 --timeout 600 --kill-after 2.5 "
+        "--metrics-dir /var/lib/metrics -- /bin/sh -c 'x'",
+        "/usr/local/bin/zoo-locked run b --schedule '0 3 * * *' --wait 0 --timeout 60 --metrics-dir /var/lib/metrics "
+        "-- /bin/sh -c 'y'",
+        "/bin/sh -c 'z'",
+        "/usr/local/bin/zoo-locked run d --wait 0 --timeout 60 --metrics-dir /var/lib/metrics -- /bin/sh -c 'w'",
+        "/usr/local/bin/zoo-locked run e --schedule @hourly --wait 0 --timeout 60 --max-delay 600 --retry-failed "
+        "--metrics-dir /var/lib/metrics -- /bin/sh -c 'v'",
+    ]
+    assert [fields[1] for fields in job_lines(text)] == ["nobody", "app", "nobody", "nobody", "nobody"]
+
+
+@pytest.mark.parametrize("job, wait", [
+    # With slots: the shortest period of the schedule...
+    ({"schedule": "*/5 * * * *"}, 300),
+    ({"schedule": "0 9,17 * * *"}, 8 * 3600),
+    ({"schedule": "@daily"}, 86400),
+    ({"schedule": "0 0 31 * *"}, 31 * 86400),
+    # ...or less when the job's timeout says it ends sooner: timeout + kill_after (runner default 10) + margin 60.
+    ({"schedule": "@hourly", "timeout": 600}, 670),
+    ({"schedule": "@hourly", "timeout": 600, "kill_after": 30}, 690),
+    ({"schedule": "*/5 * * * *", "timeout": 600}, 300),
+    ({"schedule": "@hourly", "max_delay": 120}, 120),
+    # Without slots waiting would run the job again after the holder: 0.
+    ({"schedule": "@hourly", "slots": False}, 0),
+    ({"schedule": "@reboot"}, 0),
+])
+def test_automatic_wait_is_sized_to_the_job(crontab, job, wait):
+    job = dict({"name": "j", "command": "x"}, **job)
+    normalized, = crontab.normalize_jobs([job], {"wait": "auto"})
+    assert normalized["wait"] == wait
+    assert crontab.normalize_jobs([dict(job, wait="auto")])[0]["wait"] == wait
+
+
+def test_automatic_wait_margin_comes_from_the_defaults(crontab):
+    job = {"name": "j", "command": "x", "schedule": "@hourly", "timeout": 100}
+    assert crontab.normalize_jobs([job], {"wait": "auto", "wait_margin": 5})[0]["wait"] == 115
+
+
+def test_reboot_jobs_have_no_slot(crontab):
+    text = crontab.render([{"name": "b", "schedule": "@reboot", "command": "x"}], defaults={"wait": "auto"})
+    assert job_lines(text)[0][2] == "/usr/local/bin/zoo-locked run b --wait 0 -- /bin/sh -c 'x'"
 
 
 def test_same_jobs_same_bytes(crontab):

@@ -47,6 +47,16 @@ def test_valid_jobs_have_no_problems(crontab):
     ({"timeout": 0}, "timeout", "above 0"),
     ({"kill_after": 0}, "kill_after", "above 0"),
     ({"lock": "none", "wait": 5}, "wait", "only applies to jobs with lock 'exclusive'"),
+    ({"lock": "none", "wait": "auto"}, "wait", "only applies to jobs with lock 'exclusive'"),
+    ({"wait": "later"}, "wait", "not a number of seconds >= 0, or 'auto'"),
+    ({"slots": "yes"}, "slots", "'yes' is not true or false"),
+    ({"retry_failed": 1}, "retry_failed", "1 is not true or false"),
+    ({"lock": "none", "slots": True}, "slots", "only applies to jobs with lock 'exclusive'"),
+    ({"slots": False, "retry_failed": True}, "retry_failed", "only applies to jobs with slots"),
+    ({"slots": False, "max_delay": 60}, "max_delay", "only applies to jobs with slots"),
+    ({"schedule": "@reboot", "max_delay": 60}, "max_delay", "only applies to jobs with slots"),
+    ({"max_delay": 0}, "max_delay", "not a number of seconds above 0"),
+    ({"schedule": "0 0 30 2 *"}, "schedule", "never fires"),
     ({"lock": "none", "timeout": 5}, "timeout", "only applies"),
     ({"environment": "A=1"}, "environment", "expected a mapping"),
     ({"environment": {"1A": "x"}}, "environment", "not a valid variable name"),
@@ -83,7 +93,7 @@ def test_absent_jobs_need_only_a_name_but_are_still_checked(crontab):
     assert problems(crontab, [{"name": "old", "state": "absent"}]) == []
     assert problems(crontab, [{"name": "old", "state": "absent", "sheduel": "x"}]) == [
         "job 'old' (crontab_jobs[0]): sheduel: unknown key; jobs accept name, schedule, command, user, lock, "
-        "wait, timeout, kill_after, environment, state"]
+        "wait, timeout, kill_after, slots, max_delay, retry_failed, environment, state"]
 
 
 def test_not_a_list_or_not_a_mapping(crontab):
