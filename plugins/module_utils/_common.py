@@ -13,6 +13,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ssl
+
 from . import _config
 
 MAX_SECONDS = 31 * 24 * 3600  # as the runner: nothing waits or holds longer than a month
@@ -61,10 +63,50 @@ def connection_settings(params, environ=None):
     if params.get("tls_client_key_password") is not None:
         settings["tls_client_key_password"] = params["tls_client_key_password"]
     if params.get("auth"):
-        settings["auth"] = [(a["scheme"], a["credential"]) for a in params["auth"]]
+        # A digest credential is checked as the runner checks ZOO_LOCKED_AUTH, before connecting: a malformed
+        # one would otherwise create the lock tree with an ACL nobody can write to. Other schemes go to the
+        # servers as they are (they refuse what they do not know).
+        settings["auth"] = []
+        for index, entry in enumerate(params["auth"]):
+            if entry["scheme"] == "digest":
+                settings["auth"] += _config.check_auth("digest:%s" % entry["credential"],
+                                                       "option auth[%d] (scheme digest)" % index)
+            else:
+                settings["auth"].append((entry["scheme"], entry["credential"]))
     else:  # whatever the runner's settings hold (once the runner reads credentials), else none
         settings["auth"] = settings.get("auth") or []
     return settings
+
+
+def check_tls_files(settings):
+    """Load the TLS files as kazoo will, just before connecting: a wrong file is then named as such.
+
+    Without this a CA file that is not PEM, a key without its certificate or a key that does not match
+    shows up only as "no ZooKeeper server answered" after the connect timeout. Raises ConfigError naming
+    the setting; never shows the key's password.
+    """
+    if not settings.get("tls"):
+        return
+    ca, cert, key = settings.get("tls_ca_cert"), settings.get("tls_client_cert"), settings.get("tls_client_key")
+    if key and not cert:
+        raise _config.ConfigError("tls_client_key %s: set tls_client_cert too (the certificate this key belongs to)"
+                                  % key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise _config.ConfigError("tls_ca_cert %s: not a PEM CA certificate that can be loaded (%s)" % (ca, exc))
+    if cert:
+        password = settings.get("tls_client_key_password") or ""
+        try:
+            # A callable, so that OpenSSL never prompts on a terminal for an encrypted key's password.
+            context.load_cert_chain(cert, key, password=lambda: password.encode("utf-8"))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise _config.ConfigError(
+                "tls_client_cert %s%s: cannot load the client certificate and its key (%s); they must be PEM files, "
+                "the key must belong to the certificate, and an encrypted key needs tls_client_key_password"
+                % (cert, " with tls_client_key %s" % key if key else "", exc))
 
 
 def check_seconds(value, option, positive=False):
@@ -75,6 +117,24 @@ def check_seconds(value, option, positive=False):
     if positive and seconds == 0:
         raise _config.ConfigError("option %s: must be more than 0 seconds, got %r" % (option, value))
     return seconds
+
+
+# Owner and purpose are stored in the lock node and shown on one line by `zoo-locked status`; ZooKeeper drops
+# the connection of a client that writes a node of more than about 1 MB.
+TEXT_LIMITS = {"owner": 200, "purpose": 1000}
+
+
+def check_text(value, option, one_line=True):
+    """Owner or purpose: at most TEXT_LIMITS[option] characters; with one_line, no control characters."""
+    limit = TEXT_LIMITS[option]
+    if len(value) > limit:
+        raise _config.ConfigError("option %s: at most %d characters, got %d; shorten it"
+                                  % (option, limit, len(value)))
+    controls = sorted(set("%r" % c for c in value if ord(c) < 32 or ord(c) == 127)) if one_line else []
+    if controls:
+        raise _config.ConfigError("option %s: control characters (%s) are not allowed; write it on one line, got %r"
+                                  % (option, ", ".join(controls), value[:60]))
+    return value
 
 
 def check_name(name, option="name"):

@@ -37,7 +37,7 @@ import threading
 import time
 
 from . import _config
-from ._common import check_name, check_seconds, connection_settings
+from ._common import check_name, check_seconds, check_text, check_tls_files, connection_settings
 from ._lock import (
     Guard,
     Lock,
@@ -87,9 +87,11 @@ def iso_utc(epoch):
 
 def _settings(params):
     try:
-        return connection_settings(params)
+        settings = connection_settings(params)
+        check_tls_files(settings)
     except _config.ConfigError as exc:
         raise TaskError(str(exc))
+    return settings
 
 
 def _open(settings):
@@ -162,11 +164,10 @@ def lock_task(params, check_mode):
         name = check_name(params["name"])
         wait = check_seconds(params["wait"], "wait")
         lease = check_seconds(params["lease"], "lease", positive=True)
+        owner = check_text(params.get("owner") or _fallback_owner(), "owner")
+        purpose = check_text(params.get("purpose") or "", "purpose", one_line=False)
     except _config.ConfigError as exc:
         raise TaskError(str(exc))
-    owner = params.get("owner")
-    if not owner:
-        owner = _fallback_owner()
     if params.get("force") and state != "released":
         raise TaskError("option force: applies only to state=released (to break a lock held by someone else)")
     settings = _settings(params)
@@ -174,7 +175,7 @@ def lock_task(params, check_mode):
         "settings": settings,
         "name": name,
         "owner": owner,
-        "purpose": params.get("purpose") or "",
+        "purpose": purpose,
         "wait": wait,
         "lease": lease,
     }

@@ -84,12 +84,14 @@ options:
         run (for instance to hold a job off across playbooks); such a lock is not tied to the run that took it.
       - An ad-hoc command (C(ansible -m zoolocked.cron.lock)) defaults to C(ansible:USER@CONTROLLER), without a
         pid - its lock outlives the command, and a later ad-hoc command of the same user releases it.
+      - At most 200 characters, on one line.
     type: str
   purpose:
     description:
       - Free text shown to others who find the lock held (C(zoo-locked status), M(zoolocked.cron.lock_info), failure
         messages).
       - Defaults to C(PLAY / TASK), the names of the play and the task.
+      - At most 1000 characters.
     type: str
   force:
     description:
