@@ -115,6 +115,10 @@ CRONTAB_BAD_JOBS = [
                                                           ["state: 'gone' is not one of present, absent"],
                                                           JOBS_STAGE)),
 ]
+# Each job's line names its index: the row must find its own job's line.
+for _index, (_job, _row) in enumerate(CRONTAB_BAD_JOBS):
+    if _row:
+        _row["words"].insert(0, "(crontab_jobs[%d]):" % _index)
 
 SPEC_STAGE = "Validating arguments against arg spec"
 
@@ -176,6 +180,9 @@ RUNS = [
           "Check the credentials and TLS variables"),
       row("runner_tls_client_cert without runner_tls_client_key",
           ["runner_tls_client_cert and runner_tls_client_key go together"], "Check the credentials and TLS variables"),
+      row("runner_tls_client_cert a file that does not exist",
+          ["runner_tls_client_cert is neither PEM text nor the absolute path of a file on the controller"],
+          "Check the credentials and TLS variables"),
       row("runner_tls_client_key_password without a key",
           ["runner_tls_client_key_password is set without runner_tls_client_key"],
           "Check the credentials and TLS variables")]),
@@ -344,10 +351,12 @@ def test_roles_refuse_bad_input(tmp_path, role_collections, bad_input_table):
             for task, host, message in failures:
                 if expect["stage"] not in task:
                     continue
-                lines = message.splitlines() if "\n" in message.strip() else [message]
-                for line in lines:
-                    if all(word in line for word in expect["words"]):
-                        found = (task, host, line)
+                # A line of the message, else a sentence of it (where the role lists its problems as sentences).
+                lines = message.splitlines()
+                sentences = [p for line in lines for p in re.split(r"(?<=\.) (?=[a-z]+_[a-z_]+ )", line)]
+                for piece in sorted(set(lines + sentences), key=len):
+                    if all(word in piece for word in expect["words"]):
+                        found = (task, host, piece)
                         break
                 if found:
                     break
@@ -358,10 +367,10 @@ def test_roles_refuse_bad_input(tmp_path, role_collections, bad_input_table):
             task, host, line = found
             rows.append((role, expect["label"], label, task, line))
     assert not problems, "\n\n".join(problems)
-    proof = "refused at validation; %s unchanged (checksums before and after)"
+    proof = "stopped at validation, no task changed anything; %s, passwd, group: same checksums"
     for role, bad, run_label, task, line in rows:
         watched = {"crontab": "/etc/cron.d/zoo-locked", "runner": "/etc/zoo-locked, /opt/zoo-locked, the link",
-                   "zookeeper": "/etc/zookeeper/conf_zoolocked, /var/lib/zookeeper/data"}[role]
-        step = "argument spec" if SPEC_STAGE in task else "assert: " + task.split(" : ", 1)[-1][:40]
+                   "zookeeper": "ZooKeeper's conf and data dirs"}[role]
+        step = "argument spec" if SPEC_STAGE in task else "assert: " + task.split(" : ", 1)[-1].split(" (")[0][:50]
         bad_input_table.add("role %s" % role, "%s (run: %s)" % (bad, run_label), "play failed (%s)" % step,
-                            line, proof % (watched + ", /etc/passwd, /etc/group"))
+                            line, proof % watched)
