@@ -53,11 +53,13 @@ $(COLLECTIONS)/ansible_collections/zoolocked/cron:
 	mkdir -p $(dir $@)
 	ln -sfn $(CURDIR) $@
 
-# The three-node cluster with a three-server ZooKeeper ensemble (docs/deployment.md).
+# The three-node cluster with a three-server ZooKeeper ensemble (docs/deployment.md), then the same cluster
+# under faults (molecule/faults, docs/reliability.md).
 test-molecule: venv $(COLLECTIONS)/ansible_collections/zoolocked/cron
 	bash .ci/docker-up
 	tests/images/build
-	ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS) $(VENV)/bin/molecule test
+	ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS) $(VENV)/bin/molecule test -s default
+	ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS) $(VENV)/bin/molecule test -s faults
 
 # ansible-test sanity from its own virtualenv under .cache (tests/sanity/run explains why).
 test-sanity:
