@@ -27,8 +27,8 @@ import time
 JOB = "/usr/local/bin/zl-fault-job"
 ZK_CONTROL = "/usr/local/sbin/zookeeper-zoolocked"
 ZK_PIDFILE = "/run/zookeeper/zookeeper-zoolocked.pid"
-NODES = ["node1", "node2", "node3"]
-SERVERS = ["zk1", "zk2", "zk3"]
+NODES = ("node1", "node2", "node3")
+SERVERS = ("zk1", "zk2", "zk3")
 SRVR = ("import socket,sys\ns=socket.create_connection(('127.0.0.1',2181),2)\ns.sendall(b'srvr')\n"
         "d=b''\nwhile True:\n  c=s.recv(4096)\n  if not c: break\n  d+=c\nprint(d.decode())")
 
@@ -104,7 +104,7 @@ class Cluster:
         check_rc = kwargs.pop("check", True)
         timeout = kwargs.pop("timeout", 120)
         result = subprocess.run(["docker"] + list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                universal_newlines=True, timeout=timeout, **kwargs)
+                                universal_newlines=True, timeout=timeout, check=False, **kwargs)
         if check_rc and result.returncode != 0:
             raise CaseFailed("docker %s failed (exit %d): %s" % (" ".join(argv), result.returncode,
                                                                  result.stderr.strip()))
@@ -297,9 +297,11 @@ def overlaps(runs):
 
 
 def show(runs, since):
-    return ", ".join("%s %s +%.1f..%s (%s)" % (r["host"], r["token"], r["start"] - since,
-                                                "?" if r["end"] is None else "+%.1f" % (r["end"] - since), r["how"])
-                     for r in runs)
+    def one(run):
+        end = "?" if run["end"] is None else "+%.1f" % (run["end"] - since)
+        return "%s %s +%.1f..%s (%s)" % (run["host"], run["token"], run["start"] - since, end, run["how"])
+
+    return ", ".join(one(run) for run in runs)
 
 
 def check_record(record, slot, expect):
@@ -578,8 +580,8 @@ def cases_1_and_5(cluster):
     # Case 5's checks.
     try:
         check(early.codes() == {skewed: 0} and on_time.codes() == {n: 0 for n in others},
-              "exit codes %s and %s, expected 0:\n%s\n%s" % (early.codes(), on_time.codes(), early.logs(),
-                                                              on_time.logs()))
+              "exit codes %s and %s, expected 0:\n%s\n%s"
+              % (early.codes(), on_time.codes(), early.logs(), on_time.logs()))
         check([(r["host"], r["how"]) for r in runs5] == [(skewed, "end")],
               "expected one run, by %s whose clock fired first: %s" % (skewed, show(runs5, minute)))
         check(all("done" in on_time.results[n]["stderr"] for n in others),
@@ -760,7 +762,7 @@ def report(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("action", choices=["cases", "case6-held", "case6-after", "zk-hosts", "report"])
     parser.add_argument("cases", nargs="*", type=int)
     parser.add_argument("--prefix", default="zl-faults-")
@@ -805,8 +807,9 @@ def main():
         try:
             results = cases_1_and_5(cluster) if case == 1 else [CASES[case](cluster)]
         except (CaseFailed, subprocess.TimeoutExpired) as exc:
-            results = [{"case": case, "error": str(exc)}] + ([{"case": 5, "error": "not run: case 1 failed"}]
-                                                              if case == 1 else [])
+            results = [{"case": case, "error": str(exc)}]
+            if case == 1:
+                results.append({"case": 5, "error": "not run: case 1 failed"})
         for result in results:
             result["seconds"] = round(time.time() - started, 1)
             if "error" in result:
