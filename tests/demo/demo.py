@@ -95,8 +95,11 @@ class Progress:
 
 
 def docker(*args, check=True, timeout=120):
-    result = subprocess.run(["docker"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True, timeout=timeout, check=False)
+    try:
+        result = subprocess.run(["docker"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=timeout, check=False)
+    except OSError as exc:
+        raise DemoError("cannot run the docker command (%s): `make setup` installs Docker and starts it" % exc)
     if check and result.returncode != 0:
         raise DemoError("docker %s failed (exit %d): %s" % (" ".join(args), result.returncode,
                                                             result.stderr.strip() or result.stdout.strip()))
@@ -280,7 +283,7 @@ def wait_for_cluster(progress):
 
 def down(progress):
     """Remove the demo's containers, network and volume, and Molecule's memory of them."""
-    if docker("info", check=False).returncode != 0:
+    if shutil.which("docker") is None or docker("info", check=False).returncode != 0:
         progress.step("No Docker engine answers: nothing to remove")
         return
     names = [container(name) for name in SERVERS + NODES]
