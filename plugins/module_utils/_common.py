@@ -119,22 +119,9 @@ def check_seconds(value, option, positive=False):
     return seconds
 
 
-# Owner and purpose are stored in the lock node and shown on one line by `zoo-locked status`; ZooKeeper drops
-# the connection of a client that writes a node of more than about 1 MB.
-TEXT_LIMITS = {"owner": 200, "purpose": 1000}
-
-
 def check_text(value, option, one_line=True):
-    """Owner or purpose: at most TEXT_LIMITS[option] characters; with one_line, no control characters."""
-    limit = TEXT_LIMITS[option]
-    if len(value) > limit:
-        raise _config.ConfigError("option %s: at most %d characters, got %d; shorten it"
-                                  % (option, limit, len(value)))
-    controls = sorted(set("%r" % c for c in value if ord(c) < 32 or ord(c) == 127)) if one_line else []
-    if controls:
-        raise _config.ConfigError("option %s: control characters (%s) are not allowed; write it on one line, got %r"
-                                  % (option, ", ".join(controls), value[:60]))
-    return value
+    """Owner or purpose of a playbook lock (the runner's rule, _config.check_text)."""
+    return _config.check_text(value, option, "option %s" % option, one_line)
 
 
 def check_name(name, option="name"):

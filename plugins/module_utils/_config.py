@@ -147,6 +147,23 @@ def check_file(value, where):
     return value
 
 
+# Owner and purpose are stored in the lock node and shown on one line by `zoo-locked status`; ZooKeeper drops
+# the connection of a client that writes a node of more than about 1 MB.
+TEXT_LIMITS = {"owner": 200, "purpose": 1000}
+
+
+def check_text(value, key, where, one_line=True):
+    """Owner or purpose: at most TEXT_LIMITS[key] characters; with one_line, no control characters."""
+    limit = TEXT_LIMITS[key]
+    if len(value) > limit:
+        raise ConfigError("%s: at most %d characters, got %d; shorten it" % (where, limit, len(value)))
+    controls = sorted(set("%r" % c for c in value if ord(c) < 32 or ord(c) == 127)) if one_line else []
+    if controls:
+        raise ConfigError("%s: control characters (%s) are not allowed; write it on one line, got %r"
+                          % (where, ", ".join(controls), value[:60]))
+    return value
+
+
 def check_setting(key, value, where):
     if key == "hosts":
         return check_hosts(value, where)

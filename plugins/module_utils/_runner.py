@@ -296,6 +296,11 @@ def parse(argv):
             value = _seconds(option, value, positive=True)
         elif key in ("syslog", "verbose", "json", "retry_failed", "fix"):
             value = True
+        elif key in _config.TEXT_LIMITS:
+            try:
+                value = _config.check_text(value, key, "option " + option)
+            except _config.ConfigError as exc:
+                raise UsageError(str(exc))
         elif key in _config.FILE_KEYS:
             try:
                 value = _config.check_setting(key, value, option)
