@@ -321,7 +321,7 @@ def up(progress):
     progress.step("Removing an earlier demo cluster, if any")
     down(progress)
     progress.step("molecule converge -s demo: containers, ZooKeeper ensemble, runner and crontab "
-                  "(about 2 minutes; log in .cache/demo/molecule.log)")
+                  "(2 to 3 minutes; log in .cache/demo/molecule.log)")
     molecule(progress, "converge")
     show(progress)
 

@@ -164,7 +164,7 @@ class Fleet:
 
     def sorted_lines(self):
         with self._cond:
-            return sorted(self.lines, key=lambda l: l.t)
+            return sorted(self.lines, key=lambda line: line.t)
 
 
 # --- what happened --------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class Outcome:
     """Who ran the job, who did not and why, for one fleet's lines."""
 
     def __init__(self, lines):
-        self.lines = sorted(lines, key=lambda l: l.t)
+        self.lines = sorted(lines, key=lambda line: line.t)
         self.tokens = {}  # fencing token -> node that acquired with it
         self.ran = []  # [(node, token)] in order: nodes that got the lock and ran the command
         self.skipped = {}  # node -> token of the holder that made it skip
@@ -296,7 +296,7 @@ def render(lines, t0, show_exits=True):
     """The timeline as text rows: seconds since t0, node, event, what it means."""
     outcome = Outcome(lines)
     rows = []
-    for line in sorted(lines, key=lambda l: l.t):
+    for line in sorted(lines, key=lambda line: line.t):
         if line.event == "exit" and not show_exits:
             continue
         what, details = describe(line, outcome)
