@@ -451,9 +451,15 @@ class Guard:
         while not self._stop.is_set() and not self.lost.is_set():
             sent = time.monotonic()
             answer = client.exists_async(path)
-            # Wait for this answer (however long it takes) before asking again: no pile-up.
+            # Wait for this answer (however long it takes) before asking again: no pile-up. A server that
+            # leaves it unanswered for two intervals has gone silent: move to another server while the session
+            # still has time (kazoo itself would wait 2/3 of the session timeout).
+            stalled = sent + 2 * self.interval
             while not answer.ready() and not self._stop.is_set():
                 answer.wait(self.interval)
+                if not answer.ready() and time.monotonic() >= stalled:
+                    self.session.drop_connection()
+                    stalled = time.monotonic() + 2 * self.interval
             if self._stop.is_set():
                 return
             try:

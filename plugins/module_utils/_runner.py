@@ -519,6 +519,15 @@ class Runner:
     def _queue(self, started):
         from ._zk import ZooError, ZooRefused
         from ._lock import Lock, LockHeld, LockLost, contender_data, describe_contender
+        from kazoo.exceptions import ConnectionLoss, SessionExpiredError
+
+        # kazoo's own failures that reach us when the connection breaks mid-call (the whole ensemble went
+        # down): ZooKeeper is unavailable, like a ZooError.
+        unavailable = (ZooError, ConnectionLoss, SessionExpiredError)
+
+        def why(exc):
+            return str(exc) or {ConnectionLoss: "the connection to ZooKeeper was lost",
+                                SessionExpiredError: "the ZooKeeper session expired"}.get(type(exc), type(exc).__name__)
 
         options, log, settings = self.options, self.log, self.settings
         if self.slot is not None:
@@ -527,9 +536,9 @@ class Runner:
             self.records = Records(self.session, settings["root"], self.name)
             try:
                 done = self._slot_done(self.records.read(self.slot)[0])
-            except ZooError as exc:
+            except unavailable as exc:
                 _auth_failures_are_config(exc)
-                log("error", name=self.name, host=self.host, reason="while reading the run record: %s" % exc)
+                log("error", name=self.name, host=self.host, reason="while reading the run record: %s" % why(exc))
                 return EX_UNAVAILABLE
             if done is not None:
                 return done  # no need to queue for the lock: a finished slot stays finished
@@ -559,9 +568,9 @@ class Runner:
             log("skipped", name=self.name, host=self.host, holder=describe_contender(exc.holder),
                 waited=time.monotonic() - started, slot=self.slot)
             return EX_TEMPFAIL
-        except (ZooError, LockLost) as exc:
+        except unavailable + (LockLost,) as exc:
             _auth_failures_are_config(exc)
-            log("error", name=self.name, host=self.host, reason="while taking the lock: %s" % exc)
+            log("error", name=self.name, host=self.host, reason="while taking the lock: %s" % why(exc))
             return EX_UNAVAILABLE
         held_since = time.monotonic()
         supervisor = self.supervisor
@@ -570,8 +579,8 @@ class Runner:
         if self.slot is not None:
             try:
                 claimed = self._claim_slot(token, started)
-            except ZooError as exc:
-                log("error", name=self.name, host=self.host, reason="while writing the run record: %s" % exc)
+            except unavailable as exc:
+                log("error", name=self.name, host=self.host, reason="while writing the run record: %s" % why(exc))
                 claimed = EX_CONFIG if isinstance(exc, ZooRefused) else EX_UNAVAILABLE
             if claimed is not None:
                 self.lock.release(timeout=min(2.0, self.session.session_timeout))

@@ -137,6 +137,18 @@ class Session:
             return read_timeout, connect_timeout
 
         connection._connect = _connect
+        # kazoo gives each server's TCP (and TLS) connect the whole session timeout: one server that went
+        # silent (its machine died) would use up the session before the next one is tried. A quarter of it
+        # (at least 1 s) leaves time for the other servers; the session's own handshake stays kazoo's.
+        handler = self.client.handler
+        create_connection = handler.create_connection
+
+        def capped_create_connection(*args, **kwargs):
+            if kwargs.get("timeout") is not None:
+                kwargs["timeout"] = min(kwargs["timeout"], max(1.0, self.session_timeout / 4.0))
+            return create_connection(*args, **kwargs)
+
+        handler.create_connection = capped_create_connection
 
     @property
     def user(self):
@@ -189,6 +201,23 @@ class Session:
     @property
     def connected(self):
         return self.client.connected
+
+    def drop_connection(self):
+        """Make kazoo leave its server now and reconnect (to the next server) within the same session.
+
+        kazoo notices a server that went silent only after 2/3 of the session timeout without an answer
+        (later still while requests keep flowing, since they count as pings), too late for a lock holder, which
+        must stop its command by half the session timeout. Shutting the socket makes its connection loop see
+        the connection broken at once; the session survives if another server takes it in time.
+        """
+        import socket
+
+        sock = getattr(getattr(self.client, "_connection", None), "_socket", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, ValueError):
+                pass  # already closed: kazoo is reconnecting anyway
 
     def close(self, timeout=2.0):
         """End the session (its ephemeral nodes go at once), giving up after ``timeout`` seconds.

@@ -53,6 +53,32 @@ def test_partitioned_holder_stops_before_its_session_can_expire(runner, zk_serve
     assert int(second_start["env"]["ZOO_LOCKED_TOKEN"]) > int(records(rec, "start", "first")[0]["env"]["ZOO_LOCKED_TOKEN"])
 
 
+def test_silent_server_the_session_moves_to_another_and_the_command_runs_on(runner, zk_server, proxy_factory):
+    # The server the runner talks to goes silent (its machine died: no RST, nothing), while another server of
+    # the ensemble still serves. Two proxies to one ZooKeeper stand for two servers. The runner must move its
+    # session to the other one before it would have to stop COMMAND (half the session timeout); kazoo alone
+    # notices only after 2/3 of it.
+    session_timeout = 4.0
+    proxies = [proxy_factory(zk_server.port), proxy_factory(zk_server.port)]
+    rec, ready = runner.path("rec"), runner.path("ready")
+    bg = runner.start(
+        "silent-one", runner.worker(record=rec, ready=ready, sleep=2 * session_timeout, exit=0),
+        "--session-timeout", session_timeout, hosts=",".join(p.hosts for p in proxies),
+    )
+    wait_for(lambda: os.path.exists(ready), 15, message="COMMAND to start")
+    [used] = [p for p in proxies if p.upstream_connections()]
+    [other] = [p for p in proxies if p is not used]
+    used.freeze()
+    wait_for(lambda: other.upstream_connections(), session_timeout, interval=0.01,
+             message="the runner to reconnect through the other server")
+    res = bg.wait(30)
+    assert res.returncode == 0, res
+    assert not records(rec, "signal"), "COMMAND was signalled although another server kept the session"
+    assert records(rec, "end"), "COMMAND did not run to its end"
+    events = [e for e, dummy_fields in res.log_lines()]
+    assert "lost" not in events and "stopping" not in events, res
+
+
 def test_short_blip_leaves_the_command_alone(runner, zk_server, proxy_factory):
     session_timeout = 4.0
     proxy = proxy_factory(zk_server.port)
