@@ -69,7 +69,7 @@ def test_silent_server_the_session_moves_to_another_and_the_command_runs_on(runn
     [used] = [p for p in proxies if p.upstream_connections()]
     [other] = [p for p in proxies if p is not used]
     used.freeze()
-    wait_for(lambda: other.upstream_connections(), session_timeout, interval=0.01,
+    wait_for(other.upstream_connections, session_timeout, interval=0.01,
              message="the runner to reconnect through the other server")
     res = bg.wait(30)
     assert res.returncode == 0, res
