@@ -185,6 +185,16 @@ def kazoo(zk_server):
         client.close()
 
 
+@pytest.fixture(scope="session")
+def collections_path(tmp_path_factory):
+    """ANSIBLE_COLLECTIONS_PATH in which zoolocked.cron is this checkout (for real ansible-playbook runs)."""
+    base = tmp_path_factory.mktemp("collections")
+    namespace = base / "ansible_collections" / "zoolocked"
+    namespace.mkdir(parents=True)
+    os.symlink(zkharness.REPO_ROOT, str(namespace / "cron"))
+    return str(base)
+
+
 @pytest.fixture
 def proxy_factory():
     proxies = []

@@ -28,16 +28,6 @@ ZOO_LOCKED = os.path.join(VENV_BIN, "zoo-locked")
 SESSION_TIMEOUT = 2  # seconds: a released lock's holder notices within a tenth of it
 
 
-@pytest.fixture(scope="session")
-def collections_path(tmp_path_factory):
-    """ANSIBLE_COLLECTIONS_PATH in which zoolocked.cron is this checkout."""
-    base = tmp_path_factory.mktemp("collections")
-    namespace = base / "ansible_collections" / "zoolocked"
-    namespace.mkdir(parents=True)
-    os.symlink(REPO_ROOT, str(namespace / "cron"))
-    return str(base)
-
-
 class Playbook:
     """A finished ansible-playbook run."""
 

@@ -21,8 +21,6 @@ import re
 import subprocess
 import time
 
-import pytest
-
 from zkharness import REPO_ROOT
 
 VENV_BIN = os.path.join(REPO_ROOT, ".venv", "bin")
@@ -260,15 +258,6 @@ def fingerprint(paths=tuple(WATCHED)):
     return prints
 
 
-@pytest.fixture(scope="module")
-def role_collections(tmp_path_factory):
-    base = tmp_path_factory.mktemp("collections")
-    namespace = base / "ansible_collections" / "zoolocked"
-    namespace.mkdir(parents=True)
-    os.symlink(REPO_ROOT, str(namespace / "cron"))
-    return str(base)
-
-
 # The runs see the system's directories read-only (a private mount namespace): should a role ever fail to
 # refuse a case, it still could not install or start anything on this machine. The proof that validation
 # stopped it is separate: the play fails at the validation step and no task before reports a change.
@@ -327,14 +316,14 @@ def _failures(report):
     return failed, changed
 
 
-def test_roles_refuse_bad_input(tmp_path, role_collections, bad_input_table):
+def test_roles_refuse_bad_input(tmp_path, collections_path, bad_input_table):
     # The guard works: under it, /etc is not writable.
     probe = subprocess.run(GUARD + ["sh", "-c", "test -w /etc || echo guarded"], check=False, capture_output=True,
                            text=True)
     assert probe.stdout.strip() == "guarded", ("the read-only guard does not work here", probe)
     before = fingerprint()
     started = time.monotonic()
-    running = [(run, _start(run[0], run[1], run[2], run[3], str(tmp_path), role_collections, *run[5:]))
+    running = [(run, _start(run[0], run[1], run[2], run[3], str(tmp_path), collections_path, *run[5:]))
                for run in RUNS]
     results = []
     for run, (proc, out, err) in running:
