@@ -94,7 +94,9 @@ def _mark_log(request, server):
 
 @pytest.fixture(scope="session")
 def zk_server(tmp_path_factory):
-    server = ZKServer(str(tmp_path_factory.mktemp("zookeeper")))
+    # With SASL users: a server that also admits SASL clients, as a secured site's servers do; clients without
+    # SASL are unaffected.
+    server = ZKServer(str(tmp_path_factory.mktemp("zookeeper")), sasl_users=zkharness.SASL_USERS)
     try:
         server.start()
     except zkharness.HarnessError as e:

@@ -23,6 +23,8 @@ ZOO_LOCKED = os.environ.get("ZOO_LOCKED_TEST_BIN") or os.path.join(REPO_ROOT, ".
 
 # Debian's zookeeper.jar names its dependencies in its manifest (Class-Path), so the jar alone starts the
 # server; slf4j-simple is added so the server log goes somewhere (stderr, which we capture to a file).
+# SASL DIGEST-MD5 users of the shared test server (its JAAS Server section): identities sasl:cluster, sasl:other.
+SASL_USERS = {"cluster": "sasl-Pa55word-cluster", "other": "sasl-Pa55word-other"}
 DEFAULT_CLASSPATH = ["/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar"]
 MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
 
@@ -78,8 +80,11 @@ class ZKServer:
     stop() and start() again reuse the same port and data (a restart).
     """
 
-    def __init__(self, workdir, tick_time=500, max_session_timeout=60000, port=None, classpath=None):
+    def __init__(self, workdir, tick_time=500, max_session_timeout=60000, port=None, classpath=None, sasl_users=None):
         self.workdir = workdir
+        # {user: password}: SASL DIGEST-MD5 users of the server's JAAS "Server" section (identities sasl:USER).
+        self.sasl_users = dict(sasl_users or {})
+        self.jaas = os.path.join(workdir, "jaas.conf")
         self.tick_time = tick_time
         self.max_session_timeout = max_session_timeout
         self.port = port or free_port()
@@ -111,10 +116,16 @@ class ZKServer:
                         "admin.enableServer=false",
                         # Fewer fsyncs: this data is thrown away.
                         "forceSync=no",
-                        "",
                     ]
+                    + (["authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider"]
+                       if self.sasl_users else [])
+                    + [""]
                 )
             )
+        if self.sasl_users:
+            with open(self.jaas, "w") as f:
+                f.write("Server {\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n%s;\n};\n" % "\n".join(
+                    '  user_%s="%s"' % (user, password) for user, password in sorted(self.sasl_users.items())))
 
     def command(self):
         java = shutil.which("java")
@@ -134,6 +145,7 @@ class ZKServer:
             "-Dzookeeper.admin.enableServer=false",
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
+        ] + (["-Djava.security.auth.login.config=%s" % self.jaas] if self.sasl_users else []) + [
             "-cp",
             ":".join(self.classpath),
             MAIN_CLASS,

@@ -28,7 +28,7 @@ DEFAULTS = {
 
 # Security settings: from the config file or the environment, never from the command line (ps shows it).
 SECURITY_DEFAULTS = {
-    "auth": None,  # "digest:USER:PASSWORD"
+    "auth": None,  # "digest:USER:PASSWORD" or "sasl:USER:PASSWORD"
     "tls": False,
     "tls_ca_cert": None,
     "tls_client_cert": None,
@@ -42,7 +42,9 @@ RUNNER_DEFAULTS = {
 }
 FILE_KEYS = dict(DEFAULTS, **RUNNER_DEFAULTS)
 FILE_KEYS.update(SECURITY_DEFAULTS)
-AUTH_SCHEMES = ("digest",)
+# digest: ZooKeeper's digest scheme (the password goes to the server, so use TLS). sasl: SASL DIGEST-MD5 against the
+# servers' JAAS users (challenge-response; needs the pure-sasl library, a runner dependency).
+AUTH_SCHEMES = ("digest", "sasl")
 
 # Environment variables, and the setting each one sets.
 ENVIRONMENT = {
@@ -118,13 +120,16 @@ def check_seconds(value, where, low=0.0, high=None):
 
 
 def check_auth(value, where):
-    """[(scheme, credential)] for kazoo from "digest:USER:PASSWORD". The message never shows the secret."""
+    """[(scheme, credential)] for kazoo from "digest:USER:PASSWORD" or "sasl:USER:PASSWORD".
+
+    The message never shows the secret.
+    """
     scheme, dummy_sep, credential = str(value).partition(":")
     user, dummy_sep, password = credential.partition(":")
     if scheme not in AUTH_SCHEMES or not user or not password:
         raise ConfigError(
-            "%s: expected digest:USER:PASSWORD (USER without ':'; the value is not shown here because it may "
-            "hold a password)" % where
+            "%s: expected digest:USER:PASSWORD or sasl:USER:PASSWORD (USER without ':'; the value is not shown "
+            "here because it may hold a password)" % where
         )
     return [(scheme, credential)]
 

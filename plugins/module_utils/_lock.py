@@ -182,12 +182,13 @@ def status(session, root, names, timeout):
 def acl_problems(session, paths, timeout):
     """[(path, problem)] for nodes among ``paths`` whose ACL is weaker than the session's credentials ask for.
 
-    With digest credentials, only the cluster's identity may create, change or delete in the lock tree;
-    anyone may at most read. Paths that do not exist are fine: they will be created with the right ACL.
-    ZooKeeper does not show digest hashes when it lists ACLs, so the identity is matched by user name.
+    With credentials, only the cluster's identity may create, change or delete in the lock tree; anyone may
+    at most read. Paths that do not exist are fine: they will be created with the right ACL. ZooKeeper does
+    not show digest hashes when it lists ACLs, so a digest identity is matched by user name.
     """
     if session.acl is None:
         return []
+    scheme, user = session.identity
     deadline = time.monotonic() + timeout
     pending = [(path, session.client.get_acls_async(path)) for path in paths]
     problems = []
@@ -199,12 +200,13 @@ def acl_problems(session, paths, timeout):
         weak = []
         ours = 0
         for acl in acls:
-            if acl.id.scheme == "digest" and acl.id.id.partition(":")[0] == session.user:
+            acl_user = acl.id.id.partition(":")[0] if acl.id.scheme == "digest" else acl.id.id
+            if acl.id.scheme == scheme and acl_user == user:
                 ours |= acl.perms
             elif acl.perms & ~1:  # anything beyond READ
                 weak.append("%s:%s may %s" % (acl.id.scheme, acl.id.id, "|".join(acl.acl_list)))
         if ours != 31:
-            weak.append("digest:%s lacks ALL" % session.user)
+            weak.append("%s:%s lacks ALL" % (scheme, user))
         if weak:
             problems.append((path, "; ".join(weak)))
     return problems

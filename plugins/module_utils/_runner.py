@@ -497,6 +497,9 @@ class Runner:
         except ZooUnavailable as exc:
             log("error", name=self.name, host=self.host, reason=str(exc))
             return EX_UNAVAILABLE
+        except ZooRefused as exc:  # refused credentials
+            log("error", name=self.name, host=self.host, reason=str(exc))
+            return EX_CONFIG
         try:
             root = settings["root"]
             paths = [root, root + "/locks", lock_path(root, self.name)]
@@ -858,6 +861,9 @@ def _ask(settings, log, work):
     except ZooUnavailable as exc:
         log("error", reason=str(exc))
         return EX_UNAVAILABLE, None
+    except ZooRefused as exc:  # refused credentials
+        log("error", reason=str(exc))
+        return EX_CONFIG, None
     try:
         return None, work(session)
     except ZooRefused as exc:
@@ -927,8 +933,8 @@ def acl(options, settings, log):
     from ._lock import acl_problems, fix_acls, tree_paths
 
     if not settings.get("auth"):
-        log("error", reason="acl needs the cluster's credentials: set auth = digest:USER:PASSWORD in the config "
-            "file, or ZOO_LOCKED_AUTH")
+        log("error", reason="acl needs the cluster's credentials: set auth = digest:USER:PASSWORD (or "
+            "sasl:USER:PASSWORD) in the config file, or ZOO_LOCKED_AUTH")
         return EX_CONFIG
 
     def check(session):

@@ -23,10 +23,13 @@ try:
     from kazoo.retry import KazooRetry
     from kazoo.security import make_acl, make_digest_acl
 
+    from kazoo.protocol.connection import PURESASL_AVAILABLE
+
     HAS_KAZOO = True
     KAZOO_IMPORT_ERROR = None
 except ImportError as exc:  # the modules report this with missing_required_lib()
     HAS_KAZOO = False
+    PURESASL_AVAILABLE = False
     KAZOO_IMPORT_ERROR = exc
 
 
@@ -59,23 +62,39 @@ def tls_options(settings):
     }
 
 
-def digest_user(auth):
+def identity(auth):
+    """The cluster's ZooKeeper identity from the credentials: ("digest", USER), ("sasl", USER), or None."""
     for scheme, credential in auth or ():
-        if scheme == "digest":
-            return credential.partition(":")[0]
+        if scheme in ("digest", "sasl"):
+            return scheme, credential.partition(":")[0]
     return None
 
 
 def lock_tree_acl(auth):
-    """The ACL of everything zoo-locked creates: ALL for the cluster's digest identity, READ for anyone.
+    """The ACL of everything zoo-locked creates: ALL for the cluster's identity, READ for anyone.
 
-    None (ZooKeeper's open ACL) when no digest credentials are set.
+    None (ZooKeeper's open ACL) when no credentials are set. A digest identity is USER plus the hash of the
+    password; a SASL identity is the user name the servers authenticated (their JAAS users).
     """
     for scheme, credential in auth or ():
+        user, dummy_sep, password = credential.partition(":")
         if scheme == "digest":
-            user, dummy_sep, password = credential.partition(":")
             return [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
+        if scheme == "sasl":
+            return [make_acl("sasl", user, all=True), make_acl("world", "anyone", read=True)]
     return None
+
+
+def kazoo_auth(auth):
+    """kazoo's (auth_data, sasl_options) from the credentials: digest goes as auth data, sasl as SASL DIGEST-MD5."""
+    auth_data, sasl_options = [], None
+    for scheme, credential in auth or ():
+        if scheme == "sasl":
+            user, dummy_sep, password = credential.partition(":")
+            sasl_options = {"mechanism": "DIGEST-MD5", "username": user, "password": password}
+        else:
+            auth_data.append((scheme, credential))
+    return auth_data or None, sasl_options
 
 
 def quiet_kazoo(verbose=False):
@@ -106,7 +125,12 @@ class Session:
         self.connect_timeout = float(connect_timeout)
         self.negotiated_timeout = None
         self.acl = lock_tree_acl(auth)
-        self._user = digest_user(auth)
+        self.identity = identity(auth)
+        auth_data, sasl_options = kazoo_auth(auth)
+        self.sasl = sasl_options is not None
+        if sasl_options is not None and not PURESASL_AVAILABLE:
+            raise ZooRefused("auth sasl:USER:PASSWORD needs the Python library pure-sasl, which is not installed: "
+                           "install the runner's requirements (requirements/runner.txt), or use digest auth")
         tls = dict(tls or {})
         self.tls = bool(tls)
         if tls:
@@ -123,7 +147,8 @@ class Session:
             timeout=self.requested_timeout,
             connection_retry=retry,
             command_retry=None,
-            auth_data=auth or None,
+            auth_data=auth_data,
+            sasl_options=sasl_options,
             default_acl=self.acl,
             **tls
         )
@@ -151,11 +176,6 @@ class Session:
         handler.create_connection = capped_create_connection
 
     @property
-    def user(self):
-        """The digest user of this session's credentials, or None."""
-        return self._user
-
-    @property
     def session_timeout(self):
         """The session timeout the server enforces (the requested one until connected)."""
         return self.negotiated_timeout or self.requested_timeout
@@ -165,11 +185,24 @@ class Session:
         # a connection thread stuck in a handshake with a server that accepts but never answers.
         from kazoo.protocol.states import KeeperState
 
+        started = time.monotonic()
         connected = self.client.start_async()
         connected.wait(self.connect_timeout)
-        if self.client.client_state == KeeperState.AUTH_FAILED:
+        refused = False
+        if self.client.connected and self.sasl:
+            # kazoo reports the session connected before its SASL exchange, and a server that refuses the
+            # password then drops the connection. One round trip, queued behind the exchange, tells which.
+            try:
+                self.client.exists_async("/").get(timeout=max(0.001, self.connect_timeout - (time.monotonic() - started)))
+            except AuthFailedError:
+                refused = True
+            except Exception:  # no answer in time: "not connected" below
+                pass
+        if refused or self.client.client_state == KeeperState.AUTH_FAILED:
             self.close(timeout=1.0)
-            raise ZooAuthFailed("ZooKeeper (%s) refused the credentials (auth): check the user and password" % self.hosts)
+            raise ZooAuthFailed("ZooKeeper (%s) refused the credentials (auth): check the user and password%s" % (
+                self.hosts, ", and that the servers have this user in their JAAS Server section (sasl)" if self.sasl
+                else ""))
         if not self.client.connected:
             self.close(timeout=1.0)
             raise ZooUnavailable(
@@ -189,7 +222,7 @@ class Session:
         except (NoAuthError, AuthFailedError):
             raise ZooAuthFailed(
                 "ZooKeeper refused %s: not allowed (NoAuth). The lock tree's ACL admits only the cluster's "
-                "identity: set auth (digest:USER:PASSWORD) in the config file or ZOO_LOCKED_AUTH, and check "
+                "identity: set auth (digest:USER:PASSWORD or sasl:USER:PASSWORD) in the config file or ZOO_LOCKED_AUTH, and check "
                 "the user and password" % what
             )
         except NoChildrenForEphemeralsError:

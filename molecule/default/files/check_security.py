@@ -9,6 +9,8 @@
             certificate) but without credentials must not create, delete or change anything in the lock tree;
             plain text to the TLS port and TLS without a client certificate must not connect. Positive controls
             prove that the same calls work with the credentials, so a failure means what it says.
+  sasl      On a cron node: the runner with SASL credentials (JSON {"user", "password"} on stdin) under its own
+            root works, leaves ACLs for sasl:USER only, and a wrong SASL password or the digest identity is refused.
 Prints one JSON object with "problems" (empty when all is well) and what was checked; never a secret.
 """
 
@@ -132,7 +134,7 @@ def intruder(args):
 
     member = session(auth=settings["auth"])
     stranger = session()  # TLS and the node's certificate, but no credentials
-    wrong_password = session(auth=[("digest", _zk.digest_user(settings["auth"]) + ":not-the-password")])
+    wrong_password = session(auth=[("digest", _zk.identity(settings["auth"])[1] + ":not-the-password")])
 
     # A real job holds a lock and leaves a run record (--slot), as cron's jobs do.
     lock = "%s/locks/%s" % (root, args.lock)
@@ -235,6 +237,61 @@ def intruder(args):
     return problems, checked
 
 
+# ---------------------------------------------------------------------------------------------------- sasl
+def sasl(args):
+    """The runner with SASL credentials (sasl:USER:PASSWORD, from stdin) under its own root, over TLS.
+
+    The servers know USER from their JAAS section (the zookeeper role's zookeeper_sasl_users). The runner must
+    run a job there and leave a tree whose ACL admits only sasl:USER; the cluster's digest identity and a wrong
+    SASL password must get nowhere.
+    """
+    sys.path.insert(0, CODE)
+    from kazoo.exceptions import NoAuthError
+    from zoo_locked import _config, _zk
+
+    _zk.quiet_kazoo()
+    given = json.load(sys.stdin)
+    user, password = given["user"], given["password"]
+    settings = _config.resolve({})
+    root, hosts, tls = args.root, settings["hosts"], _zk.tls_options(settings)
+    problems, checked = [], []
+    env = dict(os.environ, ZOO_LOCKED_ROOT=root, ZOO_LOCKED_AUTH="sasl:%s:%s" % (user, password))
+    slot = "sasl-%d" % time.time()
+    run = subprocess.run(["/usr/local/bin/zoo-locked", "run", args.lock, "--slot", slot, "--", "true"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    if run.returncode != 0:
+        problems.append("the runner with SASL credentials exited %s: %s" % (run.returncode, run.stdout.decode()))
+    else:
+        checked.append("the runner ran a job with sasl:%s under %s" % (user, root))
+    wrong = subprocess.run(["/usr/local/bin/zoo-locked", "run", args.lock, "--", "true"],
+                           env=dict(env, ZOO_LOCKED_AUTH="sasl:%s:not-the-password" % user),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    if wrong.returncode != 78 or b"refused the credentials" not in wrong.stdout:
+        problems.append("a wrong SASL password: expected exit 78 (refused the credentials), got %s: %s"
+                        % (wrong.returncode, wrong.stdout.decode()))
+    else:
+        checked.append("refused at login (exit 78): a wrong SASL password")
+
+    digest = _zk.Session(hosts, 10.0, 10.0, auth=settings["auth"], tls=tls)
+    digest.start()
+    try:
+        lock = "%s/locks/%s" % (root, args.lock)
+        for path in (root, lock, "%s/runs/%s/%s" % (root, args.lock, slot)):
+            acls = sorted((a.id.scheme, a.id.id, a.perms) for a in digest.client.get_acls(path)[0])
+            if acls != [("sasl", user, 31), ("world", "anyone", 1)]:
+                problems.append("%s: ACL %s, expected sasl:%s ALL and world:anyone READ" % (path, acls, user))
+            else:
+                checked.append("ACL sasl:%s ALL, world:anyone READ on %s" % (user, path))
+        try:
+            digest.client.create(lock + "/intruder", b"x")
+            problems.append("the cluster's digest identity could create under %s" % lock)
+        except NoAuthError:
+            checked.append("refused (NoAuth): the digest identity creating under %s" % lock)
+    finally:
+        digest.close()
+    return problems, checked
+
+
 def main():
     # Also run as `python3 -c SOURCE scan ...` (no copy to the host needed), where there is no __doc__.
     parser = argparse.ArgumentParser(description="security checks of the Molecule cluster")
@@ -247,13 +304,18 @@ def main():
     intruder_parser = sub.add_parser("intruder")
     intruder_parser.add_argument("--lock", default="zl-security-probe")
     intruder_parser.add_argument("--plain-port", type=int, default=2181)
+    sasl_parser = sub.add_parser("sasl")
+    sasl_parser.add_argument("--lock", default="zl-sasl-probe")
+    sasl_parser.add_argument("--root", default="/zoo-locked-sasl")
     args = parser.parse_args()
-    if args.mode == "scan":
+    if args.mode == "sasl":
+        problems, checked = sasl(args)
+    elif args.mode == "scan":
         problems, checked = scan(args)
     elif args.mode == "intruder":
         problems, checked = intruder(args)
     else:
-        parser.error("choose scan or intruder")
+        parser.error("choose scan, intruder or sasl")
     print(json.dumps({"problems": problems, "checked": checked}, indent=1, sort_keys=True))
 
 
