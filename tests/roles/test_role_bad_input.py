@@ -119,6 +119,8 @@ for _index, (_job, _row) in enumerate(CRONTAB_BAD_JOBS):
         _row["words"].insert(0, "(crontab_jobs[%d]):" % _index)
 
 SPEC_STAGE = "Validating arguments against arg spec"
+# Both roles' check of the TLS files' contents (the zoolocked.cron.tls_problems filter).
+TLS_STAGE = "Check that the CA certificate loads"
 
 # Each run: label, role, inventory, play variables, [rows] and optionally the play's hosts (default all); a
 # row's words must all be in one line of the message.
@@ -197,6 +199,25 @@ RUNS = [
       row("runner_tls_client_key_password without a key",
           ["runner_tls_client_key_password is set without runner_tls_client_key"],
           "Check the credentials and TLS variables")]),
+    # TLS files of the right form whose contents do not fit ({pki}: made by openssl for the test, see _pki).
+    ("runner: TLS files that do not fit", "runner", inventory(),
+     {"runner_zookeeper_hosts": ["zk1:2181"], "runner_tls": True, "runner_tls_ca_cert": "{pki}/key1.pem",
+      "runner_tls_client_cert": "{pki}/cert1.pem", "runner_tls_client_key": "{pki}/key2.pem"},
+     [row("runner_tls_ca_cert not a certificate", ["runner_tls_ca_cert", "not a PEM CA certificate",
+                                                   "set it to the certificate of the CA"], TLS_STAGE),
+      row("runner_tls_client_key of another certificate",
+          ["runner_tls_client_cert", "runner_tls_client_key", "do not match", "key must belong to the certificate"],
+          TLS_STAGE)]),
+    ("runner: encrypted client key, wrong password", "runner", inventory(),
+     {"runner_zookeeper_hosts": ["zk1:2181"], "runner_tls": True, "runner_tls_client_cert": "{pki}/cert1.pem",
+      "runner_tls_client_key": "{pki}/enc1.pem", "runner_tls_client_key_password": "Key-Secret-2b7"},
+     [row("runner_tls_client_key_password that does not open the key",
+          ["runner_tls_client_key_password does not open runner_tls_client_key", "not shown"], TLS_STAGE)]),
+    ("runner: encrypted client key as text, no password", "runner", inventory(),
+     {"runner_zookeeper_hosts": ["zk1:2181"], "runner_tls": True, "runner_tls_client_cert": "{pki}/cert1.pem",
+      "runner_tls_client_key": "{pem:enc1.pem}"},
+     [row("runner_tls_client_key (PEM text) encrypted, without a password",
+          ["runner_tls_client_key is encrypted: set runner_tls_client_key_password"], TLS_STAGE)]),
     ("zookeeper: duplicate ids", "zookeeper",
      inventory(hosts=("zk1", "zk2", "zk3"), groups={"zookeeper": ["zk1", "zk2", "zk3"]},
                hostvars={"zk1": {"zookeeper_id": 1}, "zk2": {"zookeeper_id": 1}, "zk3": {"zookeeper_id": 3}}), {},
@@ -226,6 +247,21 @@ RUNS = [
           "Check the ports, timings and heap size"),
       row("zookeeper_heap_size not a size", ["zookeeper_heap_size must be a Java heap size such as 256m"],
           "Check the ports, timings and heap size")]),
+    ("zookeeper: TLS files that do not fit", "zookeeper",
+     inventory(hosts=("zk1",), groups={"zookeeper": ["zk1"]}),
+     {"zookeeper_tls": True, "zookeeper_tls_ca_cert": "{pem:key1.pem}", "zookeeper_tls_cert": "{pki}/cert1.pem",
+      "zookeeper_tls_key": "{pki}/key2.pem"},
+     [row("zookeeper_tls_ca_cert (PEM text) not a certificate",
+          ["zookeeper_tls_ca_cert: not a PEM CA certificate"], TLS_STAGE),
+      row("zookeeper_tls_key of another certificate",
+          ["zookeeper_tls_cert", "zookeeper_tls_key", "do not match", "key must belong to the certificate"],
+          TLS_STAGE)]),
+    ("zookeeper: encrypted server key", "zookeeper",
+     inventory(hosts=("zk1",), groups={"zookeeper": ["zk1"]}),
+     {"zookeeper_tls": True, "zookeeper_tls_ca_cert": "{pki}/cert2.pem", "zookeeper_tls_cert": "{pki}/cert1.pem",
+      "zookeeper_tls_key": "{pki}/enc1.pem"},
+     [row("zookeeper_tls_key encrypted", ["zookeeper_tls_key", "is encrypted",
+                                          "ZooKeeper reads only unencrypted keys", "openssl pkey"], TLS_STAGE)]),
     ("zookeeper: variables of the wrong type", "zookeeper",
      inventory(hosts=("zk1",), groups={"zookeeper": ["zk1"]}),
      {"zookeeper_client_port": "twenty", "zookeeper_service_manager": "upstart"},
@@ -233,7 +269,32 @@ RUNS = [
       row("zookeeper_service_manager unknown", ["zookeeper_service_manager", "auto, systemd, none", "upstart"],
           SPEC_STAGE)]),
 ]
-SECRETS = ("Role-Secret-8f1", "Key-Secret-2b7")
+# The passwords, and any private key's text.
+SECRETS = ("Role-Secret-8f1", "Key-Secret-2b7", "Pki-Secret-5d3", "PRIVATE KEY-----")
+
+
+def _pki(tmp):
+    """Two self-signed certificates with their keys, and key1 encrypted (password Pki-Secret-5d3), in TMP/pki;
+    play variables say {pki} for that folder and {pem:NAME} for a file's text."""
+    pki = os.path.join(tmp, "pki")
+    os.makedirs(pki)
+    for n in ("1", "2"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", os.path.join(pki, "key%s.pem" % n), "-out",
+                        os.path.join(pki, "cert%s.pem" % n), "-subj", "/CN=zl-node%s" % n, "-days", "1"],
+                       check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", os.path.join(pki, "key1.pem"), "-aes256", "-passout",
+                    "pass:Pki-Secret-5d3", "-out", os.path.join(pki, "enc1.pem")], check=True, capture_output=True)
+    return pki
+
+
+def _fill_pki(play_vars, pki):
+    def fill(value):
+        if isinstance(value, str) and value.startswith("{pem:"):
+            with open(os.path.join(pki, value[5:-1])) as handle:
+                return handle.read()
+        return value.replace("{pki}", pki) if isinstance(value, str) else value
+    return {key: fill(value) for key, value in play_vars.items()}
 
 
 def fingerprint(paths=tuple(WATCHED)):
@@ -323,7 +384,9 @@ def test_roles_refuse_bad_input(tmp_path, collections_path, bad_input_table):
     assert probe.stdout.strip() == "guarded", ("the read-only guard does not work here", probe)
     before = fingerprint()
     started = time.monotonic()
-    running = [(run, _start(run[0], run[1], run[2], run[3], str(tmp_path), collections_path, *run[5:]))
+    pki = _pki(str(tmp_path))
+    running = [(run, _start(run[0], run[1], run[2], _fill_pki(run[3], pki), str(tmp_path), collections_path,
+                            *run[5:]))
                for run in RUNS]
     results = []
     for run, (proc, out, err) in running:
@@ -379,7 +442,7 @@ def test_roles_refuse_bad_input(tmp_path, collections_path, bad_input_table):
                                 % (label, expect["label"], expect["stage"], expect["words"], failures))
                 continue
             task, host, line = found
-            rows.append((role, expect["label"], label, task, line))
+            rows.append((role, expect["label"], label, task, line.replace(pki, "{pki}")))
     assert not problems, "\n\n".join(problems)
     proof = "stopped at validation, no task changed anything; %s, passwd, group: same checksums"
     for role, bad, run_label, task, line in rows:
