@@ -48,19 +48,23 @@ options:
     type: path
   auth:
     description:
-      - ZooKeeper digest credentials for the session (kazoo's C(auth_data)). With digest credentials, every node the
-        module creates gets the runner's lock-tree ACL (all rights for this identity, read for anyone).
-      - When not set, the runner's C(auth) setting (E(ZOO_LOCKED_AUTH) or the config file, C(digest:USER:PASSWORD)),
-        else none.
+      - ZooKeeper credentials for the session. With credentials, every node the module creates gets the runner's
+        lock-tree ACL (all rights for this identity, read for anyone).
+      - Scheme C(digest) is ZooKeeper's digest scheme (kazoo's C(auth_data)); the password reaches the servers, so
+        use it with O(tls).
+      - Scheme C(sasl) is SASL DIGEST-MD5 against the servers' JAAS users (the password never crosses the wire; the
+        identity in ACLs is C(sasl:USER)). It needs the Python library C(pure-sasl) where the module runs.
+      - When not set, the runner's C(auth) setting (E(ZOO_LOCKED_AUTH) or the config file, C(digest:USER:PASSWORD) or
+        C(sasl:USER:PASSWORD)), else none.
     type: list
     elements: dict
     suboptions:
       scheme:
-        description: The authentication scheme.
+        description: The authentication scheme, C(digest) or C(sasl) (others go to the servers as they are).
         type: str
         default: digest
       credential:
-        description: The credential, for the C(digest) scheme C(USER:PASSWORD). Never logged.
+        description: The credential, for the C(digest) and C(sasl) schemes C(USER:PASSWORD). Never logged.
         type: str
         required: true
   tls:

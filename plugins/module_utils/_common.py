@@ -13,9 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ssl
-
-from . import _config
+from . import _config, _tls
 
 MAX_SECONDS = 31 * 24 * 3600  # as the runner: nothing waits or holds longer than a month
 
@@ -63,14 +61,14 @@ def connection_settings(params, environ=None):
     if params.get("tls_client_key_password") is not None:
         settings["tls_client_key_password"] = params["tls_client_key_password"]
     if params.get("auth"):
-        # A digest credential is checked as the runner checks ZOO_LOCKED_AUTH, before connecting: a malformed
-        # one would otherwise create the lock tree with an ACL nobody can write to. Other schemes go to the
-        # servers as they are (they refuse what they do not know).
+        # A digest or sasl credential is checked as the runner checks ZOO_LOCKED_AUTH, before connecting: a
+        # malformed one would otherwise create the lock tree with an ACL nobody can write to. Other schemes go to
+        # the servers as they are (they refuse what they do not know).
         settings["auth"] = []
         for index, entry in enumerate(params["auth"]):
-            if entry["scheme"] == "digest":
-                settings["auth"] += _config.check_auth("digest:%s" % entry["credential"],
-                                                       "option auth[%d] (scheme digest)" % index)
+            if entry["scheme"] in _config.AUTH_SCHEMES:
+                settings["auth"] += _config.check_auth("%s:%s" % (entry["scheme"], entry["credential"]),
+                                                       "option auth[%d] (scheme %s)" % (index, entry["scheme"]))
             else:
                 settings["auth"].append((entry["scheme"], entry["credential"]))
     else:  # whatever the runner's settings hold (once the runner reads credentials), else none
@@ -83,30 +81,15 @@ def check_tls_files(settings):
 
     Without this a CA file that is not PEM, a key without its certificate or a key that does not match
     shows up only as "no ZooKeeper server answered" after the connect timeout. Raises ConfigError naming
-    the setting; never shows the key's password.
+    the options (the one check of ``_tls.tls_problems``); never shows the key or its password.
     """
     if not settings.get("tls"):
         return
-    ca, cert, key = settings.get("tls_ca_cert"), settings.get("tls_client_cert"), settings.get("tls_client_key")
-    if key and not cert:
-        raise _config.ConfigError("tls_client_key %s: set tls_client_cert too (the certificate this key belongs to)"
-                                  % key)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if ca:
-        try:
-            context.load_verify_locations(cafile=ca)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise _config.ConfigError("tls_ca_cert %s: not a PEM CA certificate that can be loaded (%s)" % (ca, exc))
-    if cert:
-        password = settings.get("tls_client_key_password") or ""
-        try:
-            # A callable, so that OpenSSL never prompts on a terminal for an encrypted key's password.
-            context.load_cert_chain(cert, key, password=lambda: password.encode("utf-8"))
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise _config.ConfigError(
-                "tls_client_cert %s%s: cannot load the client certificate and its key (%s); they must be PEM files, "
-                "the key must belong to the certificate, and an encrypted key needs tls_client_key_password"
-                % (cert, " with tls_client_key %s" % key if key else "", exc))
+    options = {"ca_cert": "tls_ca_cert", "cert": "tls_client_cert", "key": "tls_client_key",
+               "key_password": "tls_client_key_password"}
+    problems = _tls.tls_problems(dict((field, settings.get(option)) for field, option in options.items()), options)
+    if problems:
+        raise _config.ConfigError(" ".join(problems))
 
 
 def check_seconds(value, option, positive=False):

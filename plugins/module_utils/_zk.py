@@ -130,7 +130,7 @@ class Session:
         self.sasl = sasl_options is not None
         if sasl_options is not None and not PURESASL_AVAILABLE:
             raise ZooRefused("auth sasl:USER:PASSWORD needs the Python library pure-sasl, which is not installed: "
-                           "install the runner's requirements (requirements/runner.txt), or use digest auth")
+                             "install the runner's requirements (requirements/runner.txt), or use digest auth")
         tls = dict(tls or {})
         self.tls = bool(tls)
         if tls:

@@ -94,9 +94,12 @@ CASES = [
     case(2, "auth credential not USER:PASSWORD", LOCK,
          {"name": "invoice", "auth": [{"scheme": "digest", "credential": MALFORMED}]},
          ["option auth[0]", "digest:USER:PASSWORD", "not shown"]),
+    case(2, "sasl credential not USER:PASSWORD", INFO,
+         {"auth": [{"scheme": "sasl", "credential": MALFORMED}]},
+         ["option auth[0] (scheme sasl)", "sasl:USER:PASSWORD", "not shown"]),
     case(2, "auth scheme the servers do not know", INFO,
          {"auth": [{"scheme": "bogus", "credential": "u:" + OTHER_SECRET}]},
-         ["refused", "set auth (digest:USER:PASSWORD)"]),
+         ["refused", "set auth (digest:USER:PASSWORD or sasl:USER:PASSWORD)"]),
     case(2, "auth not a list of scheme/credential", LOCK, {"name": "invoice", "auth": "digest:u:p"},
          ["dictionary requested"]),
     # --- ZooKeeper reachable, or not ----------------------------------------------------------------------
@@ -116,8 +119,11 @@ CASES = [
          {"name": "invoice", "state": "released", "force": True,
           "auth": [{"credential": "cluster:" + WRONG_PASSWORD}]},
          ["NoAuth", "check the user and password"]),
+    case(4, "wrong SASL password, acquire", LOCK,
+         {"name": "report", "auth": [{"scheme": "sasl", "credential": "cluster:" + WRONG_PASSWORD}]},
+         ["refused the credentials", "JAAS Server section"]),
     case(4, "no credentials, acquire under a secured root", LOCK, {"name": "report"},
-         ["NoAuth", "set auth (digest:USER:PASSWORD)"]),
+         ["NoAuth", "set auth (digest:USER:PASSWORD or sasl:USER:PASSWORD)"]),
 ]
 
 

@@ -379,3 +379,31 @@ def test_bad_options_fail_clearly(ansible, zk):
     assert result["auth"]["locks"] == [] and not result["auth"].get("failed")
     assert "s3cr3t-w0rd" not in result.output
     assert result.returncode == 0, result.output
+
+
+def test_sasl_credentials_make_a_lock_only_the_cluster_may_touch(ansible, kazoo, zk):
+    from kazoo.exceptions import NoAuthError
+    from zkharness import SASL_USERS
+
+    kazoo.ensure_path(zk.root.rsplit("/", 1)[0])  # the shared parent stays open to the other tests
+    password = SASL_USERS["cluster"]
+    auth = [{"scheme": "sasl", "credential": "cluster:" + password}]
+    held_marker, free_marker = ansible.path("ran-while-held"), ansible.path("ran-when-free")
+    cluster_env = {"ZOO_LOCKED_AUTH": "sasl:cluster:" + password}
+    tasks = [
+        {"name": "acquire", LOCK: {"name": "report", "auth": auth, "purpose": "audit"}, "register": "acquired"},
+        dict(zoo_locked_run("report", held_marker), name="the cluster's cron job skips", environment=cluster_env),
+        {"name": "release", LOCK: {"name": "report", "state": "released", "auth": auth}, "register": "released"},
+        dict(zoo_locked_run("report", free_marker), name="and then runs", environment=cluster_env),
+    ]
+    result = ansible.run(tasks, ["acquired", reg(held_marker), "released", reg(free_marker)], args=["-v"]).succeeded()
+    assert result["acquired"]["changed"] and result["released"]["changed"], result
+    assert result[reg(held_marker)]["rc"] == 75 and not os.path.exists(held_marker)
+    assert result[reg(free_marker)]["rc"] == 0 and os.path.exists(free_marker)
+    for path in (zk.root, zk.root + "/locks", zk.lock_path("report")):
+        acls, dummy_stat = kazoo.get_acls(path)
+        found = sorted((a.id.scheme, a.id.id, a.perms) for a in acls)
+        assert found == [("sasl", "cluster", 31), ("world", "anyone", 1)], (path, acls)
+    with pytest.raises(NoAuthError):
+        kazoo.create(zk.lock_path("report") + "/x__lock__", ephemeral=True, sequence=True)
+    assert password not in result.output

@@ -93,13 +93,13 @@ def test_sasl_lock_tree_admits_only_the_clusters_sasl_identity(runner, zk_server
     (contender,) = outsider.get_children(lock_dir)
     for path in (root, root + "/locks", lock_dir, lock_dir + "/" + contender, root + "/runs/invoices/s1"):
         acls, dummy_stat = outsider.get_acls(path)
-        assert sorted((a.id.scheme, a.id.id, a.perms) for a in acls) == [("sasl", "cluster", 31),
-                                                                       ("world", "anyone", 1)], (path, acls)
+        found = sorted((a.id.scheme, a.id.id, a.perms) for a in acls)
+        assert found == [("sasl", "cluster", 31), ("world", "anyone", 1)], (path, acls)
     # Other SASL users get nowhere, and neither does a digest identity of the same name and password.
     others = {
         "another SASL user": _sasl_client(zk_server.hosts, "other", SASL_USERS["other"]),
-        "digest:cluster with the SASL password": KazooClient(hosts=zk_server.hosts,
-                                                              auth_data=[("digest", "cluster:" + SASL_PASSWORD)]),
+        "digest:cluster with the SASL password": KazooClient(
+            hosts=zk_server.hosts, auth_data=[("digest", "cluster:" + SASL_PASSWORD)]),
     }
     # A user missing from the servers' JAAS section who knows the cluster's password is refused at login; but
     # ZooKeeper 3.8 was once seen to authenticate such a user as itself (sasl:nobody) right after the cluster's
