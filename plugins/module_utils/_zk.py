@@ -62,12 +62,19 @@ def tls_options(settings):
     }
 
 
-def identity(auth):
-    """The cluster's ZooKeeper identity from the credentials: ("digest", USER), ("sasl", USER), or None."""
+def _credential(auth):
+    """(scheme, user, password) of the first digest or sasl credential, or None."""
     for scheme, credential in auth or ():
         if scheme in ("digest", "sasl"):
-            return scheme, credential.partition(":")[0]
+            user, dummy_sep, password = credential.partition(":")
+            return scheme, user, password
     return None
+
+
+def identity(auth):
+    """The cluster's ZooKeeper identity from the credentials: ("digest", USER), ("sasl", USER), or None."""
+    found = _credential(auth)
+    return found[:2] if found else None
 
 
 def lock_tree_acl(auth):
@@ -76,13 +83,12 @@ def lock_tree_acl(auth):
     None (ZooKeeper's open ACL) when no credentials are set. A digest identity is USER plus the hash of the
     password; a SASL identity is the user name the servers authenticated (their JAAS users).
     """
-    for scheme, credential in auth or ():
-        user, dummy_sep, password = credential.partition(":")
-        if scheme == "digest":
-            return [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
-        if scheme == "sasl":
-            return [make_acl("sasl", user, all=True), make_acl("world", "anyone", read=True)]
-    return None
+    found = _credential(auth)
+    if found is None:
+        return None
+    scheme, user, password = found
+    ours = make_digest_acl(user, password, all=True) if scheme == "digest" else make_acl("sasl", user, all=True)
+    return [ours, make_acl("world", "anyone", read=True)]
 
 
 def kazoo_auth(auth):

@@ -14,6 +14,14 @@ def _pgid_of_main(rec):
     return start["pgid"]
 
 
+def _assert_undisturbed(res, rec, when):
+    """COMMAND ran to its end, unsignalled, and the runner never reported the lock lost or stopped it."""
+    assert not records(rec, "signal"), "COMMAND was signalled " + when
+    assert records(rec, "end"), "COMMAND did not run to its end"
+    events = [e for e, dummy_fields in res.log_lines()]
+    assert "lost" not in events and "stopping" not in events, res
+
+
 def test_partitioned_holder_stops_before_its_session_can_expire(runner, zk_server, proxy_factory, kazoo):
     session_timeout = 3.0
     proxy = proxy_factory(zk_server.port)
@@ -73,10 +81,7 @@ def test_silent_server_the_session_moves_to_another_and_the_command_runs_on(runn
              message="the runner to reconnect through the other server")
     res = bg.wait(30)
     assert res.returncode == 0, res
-    assert not records(rec, "signal"), "COMMAND was signalled although another server kept the session"
-    assert records(rec, "end"), "COMMAND did not run to its end"
-    events = [e for e, dummy_fields in res.log_lines()]
-    assert "lost" not in events and "stopping" not in events, res
+    _assert_undisturbed(res, rec, "although another server kept the session")
 
 
 def test_short_blip_leaves_the_command_alone(runner, zk_server, proxy_factory):
@@ -93,10 +98,7 @@ def test_short_blip_leaves_the_command_alone(runner, zk_server, proxy_factory):
     proxy.thaw()
     res = bg.wait(30)
     assert res.returncode == 7, res
-    assert not records(rec, "signal"), "COMMAND was signalled during a short blip"
-    assert records(rec, "end"), "COMMAND did not run to its end"
-    events = [e for e, dummy_fields in res.log_lines()]
-    assert "lost" not in events and "stopping" not in events, res
+    _assert_undisturbed(res, rec, "during a short blip")
 
 
 def test_zookeeper_crash_while_running_stops_the_command(runner, zk_factory):
