@@ -14,6 +14,7 @@ __metaclass__ = type
 import math
 import os
 import re
+import time
 
 DEFAULT_CONFIG_FILE = "/etc/zoo-locked/zoo-locked.conf"
 CONFIG_SECTION = "zoo-locked"
@@ -60,6 +61,49 @@ TIMEOUT_BOUNDS = {
     "session_timeout": (1.0, 600.0),
     "connect_timeout": (0.1, 600.0),
 }
+
+# The kill path's timing, in shares of the session timeout T that the servers granted (docs/architecture.md,
+# "The bound"). The guard asks the leader (a sync, then a read) every HEARTBEAT_SHARE x T; with no such answer
+# for TERM_SHARE x T, COMMAND is sent SIGTERM, and at KILL_SHARE x T SIGKILL, by the runner and, should the
+# runner be stopped, stuck or dead, by its guardian. KILL_LANDING is the time allowed for that SIGKILL to land.
+HEARTBEAT_SHARE = 0.1
+TERM_SHARE = 0.5
+KILL_SHARE = 0.75
+KILL_LANDING = 0.25
+
+
+def now():
+    """Seconds on CLOCK_BOOTTIME: monotonic like time.monotonic, but it also counts the time the machine was
+    suspended, during which the servers may expire our session (time.monotonic stands still then). The same
+    clock in every process of the machine, so the runner and its guardian can share deadlines."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except AttributeError:  # not Linux
+        return time.monotonic()
+
+
+def min_session_timeout(tick_time_ms):
+    """The shortest runner session timeout (seconds) that is safe with the servers' tickTime (milliseconds).
+
+    A follower reports the sessions it has heard from to the leader, which alone expires sessions, once per
+    ping (every tickTime / 2), so the leader may expire a session up to tickTime / 2 + one heartbeat earlier than
+    the last answer its runner counts from. COMMAND must be dead before that:
+    KILL_SHARE x T + KILL_LANDING <= T - tickTime / 2 - HEARTBEAT_SHARE x T.
+    """
+    return (tick_time_ms / 2000.0 + KILL_LANDING) / (1.0 - HEARTBEAT_SHARE - KILL_SHARE)
+
+
+def session_safety_problem(session_timeout, tick_time_ms, where="session_timeout"):
+    """A message when a runner session timeout is unsafe with the servers' tickTime, else None."""
+    lowest = min_session_timeout(tick_time_ms)
+    if float(session_timeout) < lowest:
+        return ("%s: %gs is too short for servers with tickTime %dms: the leader may expire a session up to "
+                "tickTime/2 + a heartbeat (%s x T) before its runner could know, and COMMAND must be dead %gs before "
+                "that; use at least %.1fs (T >= (tickTime/2 + %g) / %g), or a shorter tickTime"
+                % (where, float(session_timeout), int(tick_time_ms), HEARTBEAT_SHARE, KILL_LANDING,
+                   math.ceil(lowest * 10) / 10.0, KILL_LANDING, round(1.0 - HEARTBEAT_SHARE - KILL_SHARE, 3)))
+    return None
+
 
 LOCK_NAME_MAX = 100
 _LOCK_NAME = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,%d}\Z" % (LOCK_NAME_MAX - 1))

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 
+from ._config import HEARTBEAT_SHARE, now
 from ._zk import ZooError
 
 try:
@@ -294,13 +295,27 @@ class Lock:
                 if found:
                     return found
 
+    def _list_through_leader(self, timeout=None):
+        """The lock's children as the leader has them: a sync, then the listing (pipelined, one round trip).
+
+        A follower cut off from the leader still answers reads from its own, stale copy; a sync is answered only
+        through the leader, so what follows it is the leader's state, and our session was alive there then.
+        """
+        client = self.session.client
+        synced = client.sync_async(self.dir)
+        listed = client.get_children_async(self.dir)
+        timeout = self.op_timeout if timeout is None else timeout
+        started = now()
+        self.session.call("syncing %s with the leader" % self.dir, synced, timeout)
+        return self.session.call("listing %s" % self.dir, listed, timeout - (now() - started))
+
     def _find_own(self, deadline):
         client = self.session.client
         while time.monotonic() < deadline:
             try:
-                children = self.session.call(
-                    "listing %s" % self.dir, client.get_children_async(self.dir), deadline - time.monotonic()
-                )
+                # After a ConnectionLoss, only the leader's state tells whether our create went through: a
+                # stale follower could hide it, and we would queue a second contender of our own.
+                children = self._list_through_leader(deadline - time.monotonic())
             except ConnectionLoss:
                 time.sleep(0.05)
                 continue
@@ -331,10 +346,8 @@ class Lock:
         try:
             while True:
                 wake.clear()
-                sent = time.monotonic()
-                children = self.session.call(
-                    "listing %s" % self.dir, client.get_children_async(self.dir), self.op_timeout
-                )
+                sent = now()
+                children = self._list_through_leader()
                 queue = sorted((c for c in children if sequence(c) is not None), key=sequence)
                 if self.node not in queue:
                     raise LockLost("our contender node %s disappeared while queueing" % self.path)
@@ -398,19 +411,27 @@ class Lock:
 class Guard:
     """Watches a held lock from a thread and tells when it is, or may be, lost.
 
-    Every ``interval`` it asks the server whether our contender node still exists. ``last_ok`` is the
-    monotonic time at which the last answered request was *sent*: the server heard from us no earlier
-    than that, so our session cannot expire on the server before ``last_ok + session_timeout``. The
-    caller stops its work well before that moment. ``lost`` is set (with ``reason``) when the node is
-    gone or the session has expired; ``notify`` is called on every change worth waking up for.
+    Every heartbeat (HEARTBEAT_SHARE of the session timeout) it sends a ``sync`` and then reads our contender
+    node, pipelined. A sync is answered only through the leader, which alone expires sessions, and it checks the
+    session there; a follower cut off from the leader answers reads, not syncs. ``last_ok`` is the time (on
+    ``_config.now``, which counts suspend) at which the last heartbeat that came back with our node was *sent*:
+    the leader heard from us no earlier than that, so it cannot expire the session before about
+    ``last_ok + session timeout`` (docs/architecture.md, "The bound"). ``on_answer(last_ok)`` is called from the
+    guard's thread at each such answer (the runner renews its guardian's deadline there); ``notify()`` on every
+    change worth waking up for. ``lost`` is set (with ``reason``) when the node is gone, the session expired or
+    was replaced, or the node was revoked (its data carries ``revoked``: a forced release).
     """
 
-    def __init__(self, lock, notify, interval=None):
+    def __init__(self, lock, notify, on_answer=None, interval=None):
         self.lock = lock
         self.session = lock.session
         self.notify = notify
-        self.last_ok = lock.last_ok if lock.last_ok is not None else time.monotonic()
-        self.interval = interval or max(0.1, self.session.session_timeout / 10.0)
+        self.on_answer = on_answer
+        self.last_ok = lock.last_ok if lock.last_ok is not None else now()
+        self._interval = interval
+        self.version = 0  # of our node's data, as last read: a change is looked at for "revoked"
+        client_id = self.session.client.client_id
+        self.session_id = client_id[0] if client_id else None
         self.lost = threading.Event()
         self.reason = None
         self.connected = True
@@ -419,8 +440,13 @@ class Guard:
         self._thread.daemon = True
 
     @property
+    def interval(self):
+        """Seconds between heartbeats: a tenth of the session timeout the servers granted (now, not at the start)."""
+        return self._interval or max(0.1, HEARTBEAT_SHARE * self.session.session_timeout)
+
+    @property
     def deadline(self):
-        """The earliest moment (monotonic) at which the server could expire our session."""
+        """The earliest moment (``_config.now``) at which the server could expire our session."""
         return self.last_ok + self.session.session_timeout
 
     def start(self):
@@ -447,42 +473,73 @@ class Guard:
             self.connected = state == KazooState.CONNECTED
             self.notify()
 
-    def _run(self):
+    def _heartbeat(self, path):
+        """One sync and read; (sent, data, stat) when answered, else None. Loses the lock when it is gone."""
         client = self.session.client
+        interval = self.interval
+        sent = now()
+        synced = client.sync_async(path)
+        answer = client.get_async(path)
+        # Wait for this answer (however long it takes) before asking again: no pile-up. A server that leaves it
+        # unanswered for two intervals has gone silent: move to another server while the session still has time
+        # (kazoo itself would wait 2/3 of the session timeout).
+        stalled = sent + 2 * interval
+        while not answer.ready() and not self._stop.is_set():
+            answer.wait(interval)
+            if not answer.ready() and now() >= stalled:
+                self.session.drop_connection()
+                stalled = now() + 2 * interval
+        if self._stop.is_set():
+            return None
+        try:
+            synced.get(timeout=0.001)  # answered before the read (one session's requests are answered in order)
+            data, stat = answer.get(timeout=0)
+        except NoNodeError:
+            self._lose("our lock node %s was deleted by someone else" % path)
+            return None
+        except SessionExpiredError:
+            self._lose("the ZooKeeper session expired")
+            return None
+        except Exception as exc:  # ConnectionLoss, no answer, anything else: no evidence; last_ok stays
+            self.reason = "heartbeat failed: %s" % (str(exc) or type(exc).__name__)
+            return None
+        client_id = client.client_id
+        if client_id is None or client_id[0] != self.session_id:
+            # kazoo opens a new session by itself once the old one expired: our node went with the old one.
+            self._lose("the ZooKeeper session expired (kazoo opened a new one)")
+            return None
+        return sent, data, stat
+
+    def _run(self):
         path = self.lock.path
         while not self._stop.is_set() and not self.lost.is_set():
-            sent = time.monotonic()
-            answer = client.exists_async(path)
-            # Wait for this answer (however long it takes) before asking again: no pile-up. A server that
-            # leaves it unanswered for two intervals has gone silent: move to another server while the session
-            # still has time (kazoo itself would wait 2/3 of the session timeout).
-            stalled = sent + 2 * self.interval
-            while not answer.ready() and not self._stop.is_set():
-                answer.wait(self.interval)
-                if not answer.ready() and time.monotonic() >= stalled:
-                    self.session.drop_connection()
-                    stalled = time.monotonic() + 2 * self.interval
-            if self._stop.is_set():
-                return
-            try:
-                stat = answer.get(timeout=0)
-            except (ConnectionLoss, ZooError):
-                stat = True  # no answer: last_ok stays where it was
-                answer = None
-            except SessionExpiredError:
-                self._lose("the ZooKeeper session expired")
-                return
-            except Exception as exc:  # any other failure: count it as no answer, say why when verbose
-                stat, answer = True, None
-                self.reason = "heartbeat failed: %s" % exc
-            if answer is not None:
-                if stat is None:
-                    self._lose("our lock node %s was deleted by someone else" % path)
-                    return
+            started = now()
+            beat = self._heartbeat(path)
+            if beat is not None:
+                sent, data, stat = beat
+                if stat.version != self.version:
+                    revoked = revoked_by(data)
+                    if revoked is not None:
+                        self._lose("revoked by %s: a forced release" % revoked)
+                        return
+                    self.version = stat.version
                 if sent > self.last_ok:
                     self.last_ok = sent
+                    if self.on_answer is not None:
+                        self.on_answer(sent)
                     self.notify()
-            self._stop.wait(max(0.0, sent + self.interval - time.monotonic()))
+            self._stop.wait(max(0.0, started + self.interval - now()))
+
+
+def revoked_by(data):
+    """Who revoked a contender, from its data (``{"revoked": {"by": OWNER, ...}}``), or None."""
+    try:
+        revoked = json.loads(data.decode("utf-8")).get("revoked") if data else None
+    except (ValueError, AttributeError):
+        return None
+    if not revoked:
+        return None
+    return (revoked.get("by") if isinstance(revoked, dict) else None) or "someone"
 
 
 # --- Locks held for someone else (the modules' detached holder) --------------------------------------------

@@ -50,13 +50,6 @@ environment (ZOO_LOCKED_HOSTS, ZOO_LOCKED_ROOT, ZOO_LOCKED_SESSION_TIMEOUT, ZOO_
 then the options. The file is INI with one section [zoo-locked] and the keys hosts, root,
 session_timeout and connect_timeout."""
 
-# Session safety: with no answer from ZooKeeper for this share of the session timeout the command is sent
-# SIGTERM, and at the second share SIGKILL, so it is dead well before the server can expire the session
-# (after a full session timeout) and hand the lock to another node.
-TERM_SHARE = 0.5
-KILL_SHARE = 0.75
-
-
 class UsageError(Exception):
     pass
 
@@ -72,6 +65,8 @@ class Log:
 
     def __init__(self, use_syslog=False):
         self.syslog = None
+        self.write = None  # made on the first event: a way to write to stderr that never blocks
+        self.dropped = 0
         if use_syslog:
             import syslog
 
@@ -94,16 +89,53 @@ class Log:
         for key, value in fields.items():
             if value is not None:
                 line += " %s=%s" % (key, self._value(value))
+        if self.write is None:
+            self.write = _stderr_writer()
+        if self.dropped:
+            line += " dropped_before=%d" % self.dropped
+        data = (line[:4000] + "\n").encode("utf-8", "replace")  # at most PIPE_BUF: written whole or not at all
         try:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+            self.write(data)
+            self.dropped = 0
         except (IOError, OSError):
-            pass
+            self.dropped += 1  # stderr is full (a stuck reader): the line is lost, nothing waits for it
         if self.syslog is not None:
             level = self.syslog.LOG_ERR if event in ("error", "lost") else self.syslog.LOG_INFO
             if event in ("skipped", "stopping"):
                 level = self.syslog.LOG_WARNING
             self.syslog.syslog(level, line[len("zoo-locked: "):])
+
+
+def _stderr_writer():
+    """A function that writes bytes to stderr and never blocks (it raises OSError instead).
+
+    cron reads the runner's stderr through a pipe, and a reader that stops (a hung mailer) fills it. A blocking
+    write there would hold up whatever comes after the log line. O_NONBLOCK cannot be set on fd 2 itself: COMMAND
+    shares that open file description, and it would see EAGAIN. A pipe is opened again through /proc (a new
+    description of the same pipe); a socket (journald) is written with MSG_DONTWAIT. Files and terminals are
+    written as they are.
+    """
+    import stat
+
+    try:
+        mode = os.fstat(2).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISFIFO(mode):
+        try:
+            fd = os.open("/proc/self/fd/2", os.O_WRONLY | os.O_NONBLOCK)
+            return lambda data: os.write(fd, data)
+        except OSError:
+            pass
+    elif stat.S_ISSOCK(mode):
+        import socket
+
+        try:
+            sock = socket.socket(fileno=os.dup(2))
+            return lambda data: sock.send(data, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+    return lambda data: os.write(2, data)
 
 
 RUN_USAGE = "usage: zoo-locked run NAME [options] -- COMMAND [ARG...]"
@@ -376,39 +408,6 @@ def _open_session(settings, log, name=None):
     return session
 
 
-def _guardian():
-    """Fork a tiny process that SIGKILLs COMMAND's process group if the runner dies without saying "done".
-
-    It is forked before any kazoo thread exists. The runner writes the group id to the pipe once COMMAND
-    runs and "done" when it has reaped it; EOF without "done" means the runner was killed (SIGKILL), and
-    then nothing else would stop COMMAND, whose lock frees when the session expires.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the guardian
-        try:
-            os.close(write_end)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-                signal.signal(signum, signal.SIG_IGN)
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)  # do not keep cron's output pipe open
-            data = b""
-            while True:
-                chunk = os.read(read_end, 64)
-                if not chunk:
-                    break
-                data += chunk
-            lines = data.split(b"\n")
-            if b"done" not in lines and lines[0].isdigit():
-                os.killpg(int(lines[0]), signal.SIGKILL)
-        except BaseException:
-            pass
-        os._exit(0)
-    os.close(read_end)
-    return pid, write_end
-
-
 def _auth_failures_are_config(exc):
     """Let a refused credential through to the exit code for configuration errors (78)."""
     from ._zk import ZooRefused
@@ -452,7 +451,9 @@ class Runner:
         if problem:
             log("error", name=self.name, host=self.host, reason=problem[1])
             return problem[0]
-        guardian_pid, self.guardian = _guardian()
+        from ._supervisor import Guardian
+
+        self.guardian = Guardian()  # forked now, before any thread exists
 
         def interrupt(signum, frame):
             raise Interrupted(signum)
@@ -471,11 +472,7 @@ class Runner:
                 self.lock.withdraw(timeout=min(2.0, self.session.session_timeout))
             if self.session is not None:
                 self.session.close(timeout=2.0)
-            try:
-                os.write(self.guardian, b"\ndone\n")
-                os.close(self.guardian)
-            except OSError:
-                pass
+            self.guardian.done()
             if self.settings.get("metrics_dir") and self.metrics:
                 self._write_metrics()
 
@@ -555,6 +552,9 @@ class Runner:
                 owner = str(os.geteuid())
         purpose = options.purpose if options.purpose is not None else " ".join(self.command)[:200]
         extra = {"slot": self.slot} if self.slot is not None else {}
+        # Told to stop (a forced release), or cut off and never told, COMMAND is dead within one session timeout:
+        # a forced release waits that long for us before it deletes our node (docs/modules.md).
+        extra["grace"] = self.session.session_timeout
         self.lock = Lock(self.session, settings["root"], self.name,
                          contender_data(owner, purpose, kind="run", **extra))
 
@@ -564,6 +564,8 @@ class Runner:
 
         # Made (and its imports done) before queueing, so that none of it delays the start of COMMAND once the
         # lock is ours: that is the hand-over gap between two holders.
+        from ._supervisor import Supervisor
+
         self.supervisor = Supervisor(self)
         try:
             token = self.lock.acquire(options.wait, on_wait=waiting)
@@ -641,20 +643,20 @@ class Runner:
             if late > self.max_delay:
                 record["state"] = "missed"
                 record["missed"] = {"host": self.host, "token": token, "at": iso(time.time()), "late": round(late, 3)}
-                self.records.write(self.slot, record, version)
+                self.records.write(self.slot, record, version, holder=self.lock.path)
                 self.log("missed", name=self.name, host=self.host, slot=self.slot, late=late,
                          max_delay=self.max_delay)
                 return 0
         record["state"] = "running"
         record.setdefault("attempts", []).append(new_attempt(token))
         self.record = record
-        self.record_version = self.records.write(self.slot, record, version)
+        self.record_version = self.records.write(self.slot, record, version, holder=self.lock.path)
         if self.record_version is None:
             self.log("error", name=self.name, host=self.host, slot=self.slot,
                      reason="the run record changed while we held the lock; not running")
             return EX_UNAVAILABLE
         if version is None:
-            self.records.prune(self.options.keep)
+            self.records.prune(self.options.keep, current=self.slot)
         return None
 
     def _finish_slot(self, code, stopping):
@@ -667,189 +669,14 @@ class Runner:
                        duration=round(time.time() - attempt.pop("started", time.time()), 3))
         self.record["state"] = state
         try:
-            if self.records.write(self.slot, self.record, self.record_version) is None:
+            # Retried within the session (a blip must not make the slot run twice), and only while we hold the lock.
+            if self.records.write(self.slot, self.record, self.record_version, holder=self.lock.path) is None:
                 raise ZooError("it was changed by a later holder")
         except Exception as exc:
-            self.log("error", name=self.name, host=self.host, slot=self.slot,
-                     reason="could not record the end of the run (%s); the next holder will treat it as died" % exc)
-
-
-class Supervisor:
-    """Runs COMMAND in its own process group and watches it, the clock, signals and the session."""
-
-    RANK = {"signal": 0, "timeout": 1, "lost": 2}  # the strongest reason decides the exit code
-
-    def __init__(self, runner):
-        import subprocess
-        from ._lock import Guard
-
-        self.popen = subprocess.Popen
-        self.guard_class = Guard
-        self.runner = runner
-        self.log = runner.log
-        self.options = runner.options
-        self.session = runner.session
-        self.pgid = None
-        self.stopping = None  # why COMMAND is being stopped: "signal", "timeout" or "lost"
-        self.termed = False
-        self.kill_at = None
-        self.killed = False
-
-    def _signal_group(self, signum):
-        try:
-            os.killpg(self.pgid, signum)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:
-                raise
-
-    def _stop(self, why, kill_at, signum=signal.SIGTERM, **fields):
-        """Stop COMMAND for a reason: one SIGTERM (signals received are all passed on), SIGKILL at kill_at."""
-        if self.stopping is None or self.RANK[why] > self.RANK[self.stopping]:
-            self.stopping = why
-            self.log("stopping", name=self.runner.name, host=self.runner.host, reason=why,
-                     signal=signal.Signals(signum).name, kill_in=max(0.0, kill_at - time.monotonic()), **fields)
-        if why == "signal" or not self.termed:
-            self._signal_group(signum)
-            self.termed = self.termed or why != "signal"
-        if self.kill_at is None or kill_at < self.kill_at:
-            self.kill_at = kill_at
-
-    def run(self, token):
-        runner, options = self.runner, self.options
-        session_timeout = self.session.session_timeout
-        wake_read, wake_write = os.pipe()
-        for fd in (wake_read, wake_write):
-            os.set_blocking(fd, False)
-
-        def ping():
-            try:
-                os.write(wake_write, b"\0")
-            except OSError:
-                pass
-
-        def nothing(signum, frame):
-            pass  # the signal number arrives through the wakeup pipe
-
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, nothing)
-        old_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
-        env = dict(os.environ)
-        env.pop("ZOO_LOCKED_AUTH", None)  # the cluster's credentials are not the job's business
-        env["ZOO_LOCKED_NAME"] = runner.name
-        env["ZOO_LOCKED_HOLDER"] = "%s:%d" % (runner.host, os.getpid())
-        env["ZOO_LOCKED_TOKEN"] = str(token)
-        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-        guard = terminal = None
-        try:
-            try:
-                proc = self.popen(runner.command, env=env, **group)
-            except OSError as exc:
-                self.log("error", name=runner.name, host=runner.host,
-                         reason="cannot run %s: %s" % (runner.command[0], exc.strerror))
-                return EX_NOTFOUND if exc.errno == errno.ENOENT else EX_NOEXEC
-            self.pgid = proc.pid
-            os.write(runner.guardian, b"%d\n" % proc.pid)
-            terminal = _give_terminal(proc.pid)
-            guard = self.guard_class(runner.lock, ping)
-            guard.start()
-            timeout_at = time.monotonic() + options.timeout if options.timeout else None
-            while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                now = time.monotonic()
-                try:
-                    received = os.read(wake_read, 512)
-                except BlockingIOError:
-                    received = b""
-                for signum in bytearray(received):
-                    if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                        self._stop("signal", now + options.kill_after, signum, received=signal.Signals(signum).name)
-                # Session safety, counted from the last answer the server gave, not from when we noticed.
-                silent_term = guard.last_ok + TERM_SHARE * session_timeout
-                silent_kill = guard.last_ok + KILL_SHARE * session_timeout
-                if guard.lost.is_set():
-                    self._stop("lost", min(now + min(options.kill_after, 0.25 * session_timeout), silent_kill),
-                               detail=guard.reason)
-                elif now >= silent_term:
-                    self._stop("lost", silent_kill, detail="no answer from ZooKeeper for %.1fs of a %.1fs session"
-                               % (now - guard.last_ok, session_timeout))
-                if timeout_at is not None and now >= timeout_at:
-                    self._stop("timeout", now + options.kill_after, timeout=options.timeout)
-                if self.kill_at is not None and now >= self.kill_at and not self.killed:
-                    self.killed = True
-                    self._signal_group(signal.SIGKILL)
-                # Sleep until something happens: a signal (SIGCHLD too), a guard report, or the next deadline.
-                upcoming = [t for t in (silent_term, silent_kill, timeout_at, None if self.killed else self.kill_at)
-                            if t is not None and t > now]
-                _wait_readable(wake_read, min([guard.interval] + [t - now for t in upcoming]))
-            # COMMAND's leader has exited but is not reaped yet, so its group id cannot be reused. Leftovers of
-            # its group would run without the lock, so they go too: at once after a normal end, and after the
-            # rest of the --kill-after grace when they were sent a signal with the leader.
-            if self.stopping is not None and not self.killed:
-                while _group_members(self.pgid, proc.pid) and time.monotonic() < self.kill_at:
-                    _wait_readable(wake_read, min(0.05, max(0.0, self.kill_at - time.monotonic())))
-            self._signal_group(signal.SIGKILL)
-            returncode = proc.wait()
-        finally:
-            if guard is not None:
-                guard.stop()
-            _take_terminal(terminal)
-            signal.set_wakeup_fd(old_wakeup)
-            for fd in (wake_read, wake_write):
-                os.close(fd)
-        code = 128 - returncode if returncode < 0 else returncode
-        if self.stopping == "lost":
-            self.log("lost", name=runner.name, host=runner.host, token=token,
-                     reason=guard.reason or "no answer from ZooKeeper", command_exit=code)
-            return EX_SOFTWARE_LOST
-        if self.stopping == "timeout":
-            return EX_TIMEOUT
-        return code
-
-
-def _group_members(pgid, leader):
-    """Whether a process other than ``leader`` is still in process group ``pgid`` (Linux /proc)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == leader:
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except (IOError, OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
-
-
-def _wait_readable(fd, delay):
-    import select
-
-    try:
-        select.select([fd], [], [], delay)
-    except InterruptedError:
-        pass
-
-
-def _give_terminal(pgid):
-    """Make COMMAND's group the terminal's foreground group, as a shell would, so it can read the terminal."""
-    try:
-        if not os.isatty(0) or os.tcgetpgrp(0) != os.getpgrp():
-            return None
-        os.tcsetpgrp(0, pgid)
-        return os.getpgrp()
-    except OSError:
-        return None
-
-
-def _take_terminal(pgid):
-    if pgid is None:
-        return
-    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-    try:
-        os.tcsetpgrp(0, pgid)
-    except OSError:
-        pass
-    finally:
-        signal.signal(signal.SIGTTOU, old)
+            self.log("error", name=self.name, host=self.host, slot=self.slot, exit=code,
+                     reason="could not record the end of the run (%s): %s; the record still says running, so the "
+                     "next holder of the lock will take this attempt for died and run the slot again"
+                     % (state, str(exc) or type(exc).__name__))
 
 
 def _ask(settings, log, work):

@@ -24,7 +24,7 @@ import os
 import time
 
 try:
-    from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+    from kazoo.exceptions import BadVersionError, ConnectionLoss, NodeExistsError, NoNodeError
 except ImportError:  # reported by the caller through _zk.HAS_KAZOO
     pass
 
@@ -151,20 +151,78 @@ class Records:
             record = {"slot": slot, "state": "unreadable", "attempts": []}
         return record, stat.version
 
-    def write(self, slot, record, version):
-        """Create (version None) or update the record; returns the new version, or None if it changed under us."""
+    def write(self, slot, record, version, holder=None):
+        """Create (version None) or update the record; returns the new version, or None if it changed under us.
+
+        With ``holder`` (the path of our contender node) the write is a transaction that also checks that node:
+        it lands only while we hold the lock, never after our session expired (kazoo would open a new session by
+        itself and carry on). A ConnectionLoss is ambiguous (the write may have landed), so the record is read
+        again through the leader and compared before the write is tried again, within the session timeout and
+        only in the same session. Raises ZooError when the outcome cannot be written.
+        """
+        from ._zk import ZooError  # here: the crontab filters use this module on controllers without kazoo
+
         path = "%s/%s" % (self.dir, slot)
         record["updated"] = iso(time.time())
         data = json.dumps(record, sort_keys=True).encode("utf-8")
         client = self.session.client
+        if holder is None:
+            try:
+                if version is None:
+                    self.session.call("writing %s" % path, client.create_async(path, data, makepath=True), self.timeout)
+                    return 0
+                return self.session.call("writing %s" % path, client.set_async(path, data, version=version),
+                                         self.timeout).version
+            except (NodeExistsError, BadVersionError):
+                return None
+        session_id = _session_id(client)
+        deadline = time.monotonic() + self.timeout
+        if version is None:
+            try:  # a transaction cannot make parents
+                self.session.call("creating %s" % self.dir, client.create_async(self.dir, makepath=True), self.timeout)
+            except NodeExistsError:
+                pass
+        while True:
+            try:
+                tx = client.transaction()
+                tx.check(holder, -1)
+                if version is None:
+                    tx.create(path, data)
+                else:
+                    tx.set_data(path, data, version)
+                checked, written = self.session.call("writing %s" % path, tx.commit_async(),
+                                                     deadline - time.monotonic())
+                if isinstance(checked, NoNodeError):
+                    raise ZooError("our lock node %s is gone: the lock is not ours, so the record is not" % holder)
+                if isinstance(written, (NodeExistsError, BadVersionError)):
+                    return self._landed(path, data)  # ours, from an attempt whose answer was lost, or a successor's
+                if isinstance(written, Exception):
+                    raise written
+                return 0 if version is None else written.version
+            except ConnectionLoss:
+                if time.monotonic() >= deadline or _session_id(client) != session_id:
+                    raise ZooError("the connection to ZooKeeper was lost while writing %s, and did not come back "
+                                   "in the same session within %.1fs" % (path, self.timeout))
+                while not client.connected and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                try:
+                    landed = self._landed(path, data)
+                except (ConnectionLoss, ZooError):
+                    continue
+                if landed is not None:
+                    return landed
+
+    def _landed(self, path, data):
+        """The version of the record at ``path`` if it holds exactly ``data`` (read through the leader), else None."""
+        client = self.session.client
+        synced = client.sync_async(path)
+        answer = client.get_async(path)
+        self.session.call("syncing %s with the leader" % path, synced, self.timeout)
         try:
-            if version is None:
-                self.session.call("writing %s" % path, client.create_async(path, data, makepath=True), self.timeout)
-                return 0
-            stat = self.session.call("writing %s" % path, client.set_async(path, data, version=version), self.timeout)
-            return stat.version
-        except (NodeExistsError, BadVersionError):
+            current, stat = self.session.call("reading %s" % path, answer, self.timeout)
+        except NoNodeError:
             return None
+        return stat.version if current == data else None
 
     def slots(self):
         try:
@@ -174,14 +232,27 @@ class Records:
             return []
         return sorted(children)
 
-    def prune(self, keep):
-        """Delete the oldest records (in slot order) beyond the last ``keep``; returns how many went."""
+    def prune(self, keep, current=None):
+        """Delete the oldest records beyond the last ``keep``, never ``current``; returns how many went.
+
+        Oldest by creation (the record node's czxid), not by name: slot ids given with --slot need not sort in
+        time order, and the record just created must not be the one that goes.
+        """
         slots = self.slots()
+        if len(slots) <= keep:
+            return 0
+        client = self.session.client
+        pending = [(slot, client.exists_async("%s/%s" % (self.dir, slot))) for slot in slots if slot != current]
+        made = []
+        for slot, answer in pending:
+            stat = self.session.call("reading %s/%s" % (self.dir, slot), answer, self.timeout)
+            if stat is not None:
+                made.append((stat.czxid, slot))
+        made.sort()
         gone = 0
-        for slot in slots[:max(0, len(slots) - keep)]:
+        for dummy_czxid, slot in made[:max(0, len(slots) - keep)]:
             try:
-                self.session.call("pruning", self.session.client.delete_async("%s/%s" % (self.dir, slot)),
-                                  self.timeout)
+                self.session.call("pruning", client.delete_async("%s/%s" % (self.dir, slot)), self.timeout)
                 gone += 1
             except NoNodeError:
                 pass
@@ -195,6 +266,11 @@ class Records:
             if record is not None:
                 result.append(record)
         return result
+
+
+def _session_id(client):
+    client_id = client.client_id
+    return client_id[0] if client_id else None
 
 
 def new_record(name, slot, scheduled):

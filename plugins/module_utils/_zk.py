@@ -163,8 +163,11 @@ class Session:
 
         def _connect(host, hostip, port):
             read_timeout, connect_timeout = original(host, hostip, port)
-            # kazoo sets read_timeout to 2/3 of the negotiated session timeout (in milliseconds).
-            self.negotiated_timeout = read_timeout * 1.5 / 1000.0
+            # kazoo sets read_timeout to 2/3 of the negotiated session timeout (in milliseconds). Each reconnect
+            # negotiates again, with a server whose bounds may differ: the shortest value granted is the one
+            # counted with, since the leader may enforce any of them.
+            granted = read_timeout * 1.5 / 1000.0
+            self.negotiated_timeout = min(granted, self.negotiated_timeout or granted)
             return read_timeout, connect_timeout
 
         connection._connect = _connect
@@ -183,7 +186,7 @@ class Session:
 
     @property
     def session_timeout(self):
-        """The session timeout the server enforces (the requested one until connected)."""
+        """The session timeout the servers enforce: the shortest they granted (the requested one until connected)."""
         return self.negotiated_timeout or self.requested_timeout
 
     def start(self):

@@ -1,0 +1,374 @@
+# -*- coding: utf-8 -*-
+# Copyright: zoo-locked maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The kill path: everything that stops COMMAND, in one place.
+
+- ``Supervisor`` runs COMMAND in its own process group while the lock is held. It passes the signals the runner
+  receives on to the group, enforces ``--timeout``, and stops COMMAND when the session guard (``_lock.Guard``) has
+  had no answer through the leader for TERM_SHARE of the session timeout (SIGTERM) or KILL_SHARE (SIGKILL), or
+  when the lock is lost or revoked. Signals are sent before anything is logged, and logging never blocks.
+- ``Guardian`` is a dead-man switch: a small process outside the runner's process group and session (a process
+  group kill or ``timeout -s KILL`` of the runner leaves it alive), forked before any thread exists. It knows
+  COMMAND's group, this run's marker and a deadline, which the guard pushes forward at every answer from the
+  leader. When the deadline passes (the runner is stopped, stuck, or has heard nothing), when the runner dies
+  without saying it is done, or when told, it SIGKILLs COMMAND's group and every process that carries the marker.
+- The marker is ``ZOO_LOCKED_NAME`` and ``ZOO_LOCKED_TOKEN`` in COMMAND's environment (the token is unique to this
+  holder). Everything COMMAND starts inherits it, daemons that left the process group or the session included, so
+  they are found in ``/proc`` and killed before the lock is released. A process that drops its environment
+  (``env -i``) escapes: docs/architecture.md says what then protects the data (the fencing token).
+
+Only the standard library is imported: the guardian is forked from this module before kazoo starts a thread.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import os
+import select
+import signal
+import sys
+
+from ._config import KILL_SHARE, TERM_SHARE, now
+
+SWEEP_ROUNDS = 20  # a daemon that forks while it is being killed is looked for again, this many times at most
+
+
+def marked_pids(name, token, skip=()):
+    """The pids of the processes whose environment carries this run's marker (ZOO_LOCKED_NAME and _TOKEN)."""
+    wanted = (b"\0ZOO_LOCKED_TOKEN=%d\0" % int(token), b"\0ZOO_LOCKED_NAME=%s\0" % name.encode("utf-8"))
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                environ = b"\0" + handle.read() + b"\0"
+        except (IOError, OSError):
+            continue  # gone, a zombie, or not ours to read
+        if wanted[0] in environ and wanted[1] in environ:
+            found.append(int(entry))
+    return found
+
+
+def kill_run(pgid, marker, skip=()):
+    """SIGKILL COMMAND's process group and every process that carries the marker (name, token); how many."""
+    killed = 0
+    if pgid:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
+    if marker:
+        skip = set(skip) | {os.getpid()}
+        for dummy in range(SWEEP_ROUNDS):
+            pids = marked_pids(marker[0], marker[1], skip)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except OSError:
+                    pass
+                skip.add(pid)  # dead or dying (a zombie until reaped, which keeps no environment)
+    return killed
+
+
+class Guardian:
+    """The runner's side of the dead-man switch: forks the guardian and talks to it through a pipe.
+
+    Messages (one line each): ``m NAME TOKEN`` (the run's marker, before COMMAND starts), ``g PGID`` (COMMAND's
+    group), ``d DEADLINE`` (kill at this ``_config.now()``, pushed forward at each answer from the leader),
+    ``k`` (kill now), ``done`` (COMMAND and everything it started are gone). The pipe never blocks the runner:
+    a guardian that cannot read (stopped) just misses renewals, which only makes it kill sooner.
+    """
+
+    def __init__(self):
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # the intermediate: a new session, the guardian in it, then gone
+            code = 0
+            try:
+                os.close(write_end)
+                os.setsid()
+                if os.fork() == 0:
+                    _guardian_main(read_end)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.close(read_end)
+        os.waitpid(child, 0)
+        os.set_blocking(write_end, False)
+        self.fd = write_end
+
+    def send(self, message):
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, message)
+        except OSError:
+            pass  # full (the guardian is stopped: it kills on its last deadline) or gone
+
+    def mark(self, name, token):
+        self.send(b"m %s %d\n" % (name.encode("utf-8"), int(token)))
+
+    def arm(self, pgid, deadline):
+        self.send(b"g %d\nd %.6f\n" % (pgid, deadline))
+
+    def renew(self, deadline):
+        self.send(b"d %.6f\n" % deadline)
+
+    def done(self):
+        self.send(b"done\n")
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+def _guardian_main(read_end):
+    """The guardian's whole life; never returns."""
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(signum, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)  # keep no output pipe of cron's open
+        pgid = marker = deadline = None
+        done = False
+        pending = b""
+        while True:
+            armed = deadline is not None and (pgid or marker)
+            delay = max(0.0, deadline - now()) if armed else None
+            try:
+                ready = select.select([read_end], [], [], delay)[0]
+            except InterruptedError:
+                ready = []
+            if ready:
+                chunk = os.read(read_end, 4096)
+                if not chunk:  # the runner is gone: if it did not say "done", COMMAND may be running unlocked
+                    if not done:
+                        kill_run(pgid, marker)
+                    break
+                pending += chunk
+                lines = pending.split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    words = line.split()
+                    if words[:1] == [b"m"] and len(words) == 3:
+                        marker = (words[1].decode("utf-8"), int(words[2]))
+                    elif words[:1] == [b"g"] and len(words) == 2:
+                        pgid = int(words[1])
+                    elif words[:1] == [b"d"] and len(words) == 2:
+                        deadline = float(words[1])
+                    elif words == [b"k"]:
+                        kill_run(pgid, marker)
+                    elif words == [b"done"]:
+                        done = True
+                        pgid = marker = deadline = None
+            if deadline is not None and (pgid or marker) and now() >= deadline:
+                kill_run(pgid, marker)
+                deadline = None  # until the runner says more, or goes
+    except BaseException:
+        pass
+    os._exit(0)
+
+
+class Supervisor:
+    """Runs COMMAND in its own process group and watches it, the clock, signals and the session."""
+
+    RANK = {"signal": 0, "timeout": 1, "lost": 2}  # the strongest reason decides the exit code
+
+    def __init__(self, runner):
+        import subprocess
+        from ._lock import Guard
+
+        self.popen = subprocess.Popen
+        self.guard_class = Guard
+        self.runner = runner
+        self.log = runner.log
+        self.options = runner.options
+        self.session = runner.session
+        self.guardian = runner.guardian
+        self.pgid = None
+        self.marker = None
+        self.stopping = None  # why COMMAND is being stopped: "signal", "timeout" or "lost"
+        self.termed = False
+        self.kill_at = None
+        self.killed = False
+
+    def _signal_group(self, signum):
+        try:
+            os.killpg(self.pgid, signum)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    def _stop(self, why, kill_at, signum=signal.SIGTERM, **fields):
+        """Stop COMMAND for a reason: one SIGTERM (signals received are all passed on), SIGKILL at kill_at.
+
+        The signal goes first, the log line after it: a write to a stuck stderr must never come between a
+        decision to stop and the signal (and the log does not block anyway).
+        """
+        if why == "signal" or not self.termed:
+            self._signal_group(signum)
+            self.termed = self.termed or why != "signal"
+        if self.kill_at is None or kill_at < self.kill_at:
+            self.kill_at = kill_at
+        if self.stopping is None or self.RANK[why] > self.RANK[self.stopping]:
+            self.stopping = why
+            self.log("stopping", name=self.runner.name, host=self.runner.host, reason=why,
+                     signal=signal.Signals(signum).name, kill_in=max(0.0, kill_at - now()), **fields)
+
+    def _kill(self):
+        self.killed = True
+        kill_run(self.pgid, self.marker)
+
+    def run(self, token):
+        from ._runner import EX_NOEXEC, EX_NOTFOUND, EX_SOFTWARE_LOST, EX_TIMEOUT
+
+        runner, options, session = self.runner, self.options, self.session
+        wake_read, wake_write = os.pipe()
+        for fd in (wake_read, wake_write):
+            os.set_blocking(fd, False)
+
+        def ping():
+            try:
+                os.write(wake_write, b"\0")
+            except OSError:
+                pass
+
+        def nothing(signum, frame):
+            pass  # the signal number arrives through the wakeup pipe
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, nothing)
+        old_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        env = dict(os.environ)
+        env.pop("ZOO_LOCKED_AUTH", None)  # the cluster's credentials are not the job's business
+        env["ZOO_LOCKED_NAME"] = runner.name
+        env["ZOO_LOCKED_HOLDER"] = "%s:%d" % (runner.host, os.getpid())
+        env["ZOO_LOCKED_TOKEN"] = str(token)
+        self.marker = (runner.name, token)
+        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        guard = terminal = proc = None
+        # Known to the guardian before COMMAND exists: should the runner die in between, the marker finds it.
+        self.guardian.mark(runner.name, token)
+        try:
+            try:
+                proc = self.popen(runner.command, env=env, **group)
+            except OSError as exc:
+                self.log("error", name=runner.name, host=runner.host,
+                         reason="cannot run %s: %s" % (runner.command[0], exc.strerror))
+                return EX_NOTFOUND if exc.errno == errno.ENOENT else EX_NOEXEC
+            self.pgid = proc.pid
+            guard = self.guard_class(runner.lock, ping,
+                                     on_answer=lambda sent: self.guardian.renew(sent + KILL_SHARE * session.session_timeout))
+            self.guardian.arm(proc.pid, guard.last_ok + KILL_SHARE * session.session_timeout)
+            terminal = _give_terminal(proc.pid)
+            guard.start()
+            timeout_at = now() + options.timeout if options.timeout else None
+            while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                current = now()
+                try:
+                    received = os.read(wake_read, 512)
+                except BlockingIOError:
+                    received = b""
+                for signum in bytearray(received):
+                    if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                        self._stop("signal", current + options.kill_after, signum,
+                                   received=signal.Signals(signum).name)
+                # Session safety, counted from the send time of the last answer that passed through the leader,
+                # with the session timeout the servers grant now (a reconnect may have shortened it).
+                session_timeout = session.session_timeout
+                silent_term = guard.last_ok + TERM_SHARE * session_timeout
+                silent_kill = guard.last_ok + KILL_SHARE * session_timeout
+                if guard.lost.is_set():
+                    self._stop("lost", min(current + min(options.kill_after, 0.25 * session_timeout), silent_kill),
+                               detail=guard.reason)
+                elif current >= silent_term:
+                    self._stop("lost", silent_kill, detail="no answer through the ZooKeeper leader for %.1fs of a "
+                               "%.1fs session" % (current - guard.last_ok, session_timeout))
+                if timeout_at is not None and current >= timeout_at:
+                    self._stop("timeout", current + options.kill_after, timeout=options.timeout)
+                if self.kill_at is not None and current >= self.kill_at and not self.killed:
+                    self._kill()
+                # Sleep until something happens: a signal (SIGCHLD too), a guard report, or the next deadline.
+                upcoming = [t for t in (silent_term, silent_kill, timeout_at, None if self.killed else self.kill_at)
+                            if t is not None and t > current]
+                _wait_readable(wake_read, min([guard.interval] + [t - current for t in upcoming]))
+            # COMMAND's leader has exited but is not reaped yet, so its group id cannot be reused. What is left of
+            # its group, and whatever it started elsewhere (daemons), would run without the lock, so they go too:
+            # at once after a normal end, and after the rest of the --kill-after grace when they were signalled.
+            if self.stopping is not None and not self.killed:
+                while _group_members(self.pgid, proc.pid) and now() < self.kill_at:
+                    _wait_readable(wake_read, min(0.05, max(0.0, self.kill_at - now())))
+            kill_run(self.pgid, self.marker)
+            returncode = proc.wait()
+        finally:
+            if proc is not None and proc.returncode is None:
+                kill_run(self.pgid, self.marker)  # an error on the way: nothing may run on once the lock goes
+            if guard is not None:
+                guard.stop()
+            _take_terminal(terminal)
+            signal.set_wakeup_fd(old_wakeup)
+            for fd in (wake_read, wake_write):
+                os.close(fd)
+        code = 128 - returncode if returncode < 0 else returncode
+        if self.stopping == "lost":
+            self.log("lost", name=runner.name, host=runner.host, token=token,
+                     reason=guard.reason or "no answer from ZooKeeper", command_exit=code)
+            return EX_SOFTWARE_LOST
+        if self.stopping == "timeout":
+            return EX_TIMEOUT
+        return code
+
+
+def _group_members(pgid, leader):
+    """Whether a process other than ``leader`` is still in process group ``pgid`` (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == leader:
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (IOError, OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+def _wait_readable(fd, delay):
+    try:
+        select.select([fd], [], [], delay)
+    except InterruptedError:
+        pass
+
+
+def _give_terminal(pgid):
+    """Make COMMAND's group the terminal's foreground group, as a shell would, so it can read the terminal."""
+    try:
+        if not os.isatty(0) or os.tcgetpgrp(0) != os.getpgrp():
+            return None
+        os.tcsetpgrp(0, pgid)
+        return os.getpgrp()
+    except OSError:
+        return None
+
+
+def _take_terminal(pgid):
+    if pgid is None:
+        return
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, old)
