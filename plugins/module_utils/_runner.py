@@ -50,6 +50,7 @@ environment (ZOO_LOCKED_HOSTS, ZOO_LOCKED_ROOT, ZOO_LOCKED_SESSION_TIMEOUT, ZOO_
 then the options. The file is INI with one section [zoo-locked] and the keys hosts, root,
 session_timeout and connect_timeout."""
 
+
 class UsageError(Exception):
     pass
 

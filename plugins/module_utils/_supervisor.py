@@ -12,10 +12,11 @@
   COMMAND's group, this run's marker and a deadline, which the guard pushes forward at every answer from the
   leader. When the deadline passes (the runner is stopped, stuck, or has heard nothing), when the runner dies
   without saying it is done, or when told, it SIGKILLs COMMAND's group and every process that carries the marker.
-- The marker is ``ZOO_LOCKED_NAME`` and ``ZOO_LOCKED_TOKEN`` in COMMAND's environment (the token is unique to this
-  holder). Everything COMMAND starts inherits it, daemons that left the process group or the session included, so
-  they are found in ``/proc`` and killed before the lock is released. A process that drops its environment
-  (``env -i``) escapes: docs/architecture.md says what then protects the data (the fencing token).
+- The marker is ``NAME:TOKEN`` in ``ZOO_LOCKED_RUNS`` in COMMAND's environment (the token is unique to this
+  holder; a run nested in another locked COMMAND appends its marker to the outer ones). Everything COMMAND starts
+  inherits it, daemons that left the process group or the session included, so they are found in ``/proc`` and
+  killed before the lock is released. A process that drops its environment (``env -i``) escapes:
+  docs/architecture.md says what then protects the data (the fencing token).
 
 Only the standard library is imported: the guardian is forked from this module before kazoo starts a thread.
 """
@@ -35,25 +36,38 @@ from ._config import KILL_SHARE, TERM_SHARE, now
 SWEEP_ROUNDS = 20  # a daemon that forks while it is being killed is looked for again, this many times at most
 
 
-def marked_pids(name, token, skip=()):
-    """The pids of the processes whose environment carries this run's marker (ZOO_LOCKED_NAME and _TOKEN)."""
-    wanted = (b"\0ZOO_LOCKED_TOKEN=%d\0" % int(token), b"\0ZOO_LOCKED_NAME=%s\0" % name.encode("utf-8"))
+MARK_VAR = "ZOO_LOCKED_RUNS"
+
+
+def marker_of(name, token):
+    return "%s:%d" % (name, int(token))
+
+
+def marked_pids(marker, skip=()):
+    """The pids of the processes whose environment carries ``marker`` in ZOO_LOCKED_RUNS.
+
+    COMMAND's ZOO_LOCKED_RUNS is the runner's own (if it runs inside another locked COMMAND) plus this run's
+    marker, so a zoo-locked run nested in a job is found by the outer run's sweep too.
+    """
+    wanted = marker.encode("utf-8")
+    prefix = b"\0" + MARK_VAR.encode("ascii") + b"="
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in skip:
             continue
         try:
             with open("/proc/%s/environ" % entry, "rb") as handle:
-                environ = b"\0" + handle.read() + b"\0"
+                environ = b"\0" + handle.read()
         except (IOError, OSError):
             continue  # gone, a zombie, or not ours to read
-        if wanted[0] in environ and wanted[1] in environ:
+        at = environ.find(prefix)
+        if at >= 0 and wanted in environ[at + len(prefix):].split(b"\0", 1)[0].split(b" "):
             found.append(int(entry))
     return found
 
 
 def kill_run(pgid, marker, skip=()):
-    """SIGKILL COMMAND's process group and every process that carries the marker (name, token); how many."""
+    """SIGKILL COMMAND's process group and every process that carries the run's marker; how many."""
     killed = 0
     if pgid:
         try:
@@ -64,7 +78,7 @@ def kill_run(pgid, marker, skip=()):
     if marker:
         skip = set(skip) | {os.getpid()}
         for dummy in range(SWEEP_ROUNDS):
-            pids = marked_pids(marker[0], marker[1], skip)
+            pids = marked_pids(marker, skip)
             if not pids:
                 break
             for pid in pids:
@@ -80,7 +94,7 @@ def kill_run(pgid, marker, skip=()):
 class Guardian:
     """The runner's side of the dead-man switch: forks the guardian and talks to it through a pipe.
 
-    Messages (one line each): ``m NAME TOKEN`` (the run's marker, before COMMAND starts), ``g PGID`` (COMMAND's
+    Messages (one line each): ``m NAME:TOKEN`` (the run's marker, before COMMAND starts), ``g PGID`` (COMMAND's
     group), ``d DEADLINE`` (kill at this ``_config.now()``, pushed forward at each answer from the leader),
     ``k`` (kill now), ``done`` (COMMAND and everything it started are gone). The pipe never blocks the runner:
     a guardian that cannot read (stopped) just misses renewals, which only makes it kill sooner.
@@ -112,8 +126,8 @@ class Guardian:
         except OSError:
             pass  # full (the guardian is stopped: it kills on its last deadline) or gone
 
-    def mark(self, name, token):
-        self.send(b"m %s %d\n" % (name.encode("utf-8"), int(token)))
+    def mark(self, marker):
+        self.send(b"m %s\n" % marker.encode("utf-8"))
 
     def arm(self, pgid, deadline):
         self.send(b"g %d\nd %.6f\n" % (pgid, deadline))
@@ -139,6 +153,12 @@ def _guardian_main(read_end):
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)  # keep no output pipe of cron's open
+        for fd in [int(fd) for fd in os.listdir("/proc/self/fd")]:
+            if fd > 2 and fd not in (read_end, null):
+                try:
+                    os.close(fd)  # nor anything else the runner was given
+                except OSError:
+                    pass
         pgid = marker = deadline = None
         done = False
         pending = b""
@@ -160,8 +180,8 @@ def _guardian_main(read_end):
                 pending = lines.pop()
                 for line in lines:
                     words = line.split()
-                    if words[:1] == [b"m"] and len(words) == 3:
-                        marker = (words[1].decode("utf-8"), int(words[2]))
+                    if words[:1] == [b"m"] and len(words) == 2:
+                        marker = words[1].decode("utf-8")
                     elif words[:1] == [b"g"] and len(words) == 2:
                         pgid = int(words[1])
                     elif words[:1] == [b"d"] and len(words) == 2:
@@ -254,11 +274,12 @@ class Supervisor:
         env["ZOO_LOCKED_NAME"] = runner.name
         env["ZOO_LOCKED_HOLDER"] = "%s:%d" % (runner.host, os.getpid())
         env["ZOO_LOCKED_TOKEN"] = str(token)
-        self.marker = (runner.name, token)
+        self.marker = marker_of(runner.name, token)
+        env[MARK_VAR] = (env.get(MARK_VAR, "") + " " + self.marker).strip()
         group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
         guard = terminal = proc = None
         # Known to the guardian before COMMAND exists: should the runner die in between, the marker finds it.
-        self.guardian.mark(runner.name, token)
+        self.guardian.mark(self.marker)
         try:
             try:
                 proc = self.popen(runner.command, env=env, **group)
@@ -302,6 +323,12 @@ class Supervisor:
                 upcoming = [t for t in (silent_term, silent_kill, timeout_at, None if self.killed else self.kill_at)
                             if t is not None and t > current]
                 _wait_readable(wake_read, min([guard.interval] + [t - current for t in upcoming]))
+            # COMMAND ended while the lock was not surely ours (the guardian may have killed it while the runner was
+            # stopped): that is a lost lock, whatever COMMAND's exit says.
+            session_timeout = session.session_timeout
+            if guard.lost.is_set() or now() >= guard.last_ok + TERM_SHARE * session_timeout:
+                self._stop("lost", min(now(), guard.last_ok + KILL_SHARE * session_timeout), detail=guard.reason or
+                           "no answer through the ZooKeeper leader for %.1fs" % (now() - guard.last_ok))
             # COMMAND's leader has exited but is not reaped yet, so its group id cannot be reused. What is left of
             # its group, and whatever it started elsewhere (daemons), would run without the lock, so they go too:
             # at once after a normal end, and after the rest of the --kill-after grace when they were signalled.

@@ -121,6 +121,8 @@ for _index, (_job, _row) in enumerate(CRONTAB_BAD_JOBS):
 SPEC_STAGE = "Validating arguments against arg spec"
 # Both roles' check of the TLS files' contents (the zoolocked.cron.tls_problems filter).
 TLS_STAGE = "Check that the CA certificate loads"
+# The runner role's check of its session timeout against the servers' tickTime (runner_session_problems).
+SESSION_STAGE = "Check the session timeout against the ZooKeeper servers' tickTime"
 
 # Each run: label, role, inventory, play variables, [rows] and optionally the play's hosts (default all); a
 # row's words must all be in one line of the message.
@@ -181,10 +183,31 @@ RUNS = [
           "Check the connection settings")]),
     ("runner: variables of the wrong type", "runner", inventory(),
      {"runner_zookeeper_hosts": ["zk1:2181"], "runner_session_timeout": "ten", "runner_state": "installed",
-      "runner_check_connection": "maybe"},
+      "runner_check_connection": "maybe", "runner_zookeeper_tick_time": "soon"},
      [row("runner_session_timeout not a number", ["runner_session_timeout", "float"], SPEC_STAGE),
       row("runner_state not present/absent", ["runner_state", "present, absent", "installed"], SPEC_STAGE),
-      row("runner_check_connection not a boolean", ["runner_check_connection", "bool"], SPEC_STAGE)]),
+      row("runner_check_connection not a boolean", ["runner_check_connection", "bool"], SPEC_STAGE),
+      row("runner_zookeeper_tick_time not a number", ["runner_zookeeper_tick_time", "int"], SPEC_STAGE)]),
+    # The servers may expire a session up to tickTime/2 + a heartbeat early; the runner kills COMMAND at 0.75 x
+    # the session timeout: T >= (tickTime/2 + 0.25 s) / 0.15. No zookeeper group: ZooKeeper's default 2000 ms.
+    ("runner: session timeout too short for the default tickTime", "runner", inventory(),
+     {"runner_zookeeper_hosts": ["zk1:2181"], "runner_session_timeout": 6},
+     [row("runner_session_timeout 6 with the default tickTime (2000 ms)",
+          ["runner_session_timeout: 6s is too short", "tickTime 2000ms", "use at least 8.4s",
+           "runner_zookeeper_tick_time"], SESSION_STAGE)]),
+    # The tickTime is the largest of the zookeeper group (zk2 sets 3000, zk1 the default); the play targets node1 alone.
+    ("runner: session timeout too short for the ensemble's tickTime", "runner",
+     inventory(hosts=("node1", "zk1", "zk2"), groups={"zookeeper": ["zk1", "zk2"]},
+               hostvars={"zk2": {"zookeeper_tick_time": 3000}}),
+     {"runner_session_timeout": 10},
+     [row("runner_session_timeout 10 (the default) with zookeeper_tick_time 3000 on one host of the zookeeper group",
+          ["runner_session_timeout: 10s is too short", "tickTime 3000ms", "use at least 11.7s"], SESSION_STAGE)],
+     "node1"),
+    ("runner: tickTime out of range", "runner", inventory(),
+     {"runner_zookeeper_hosts": ["zk1:2181"], "runner_zookeeper_tick_time": 0},
+     [row("runner_zookeeper_tick_time 0",
+          ["runner_zookeeper_tick_time must be a whole number of milliseconds from 1 to 60000", "not 0"],
+          SESSION_STAGE)]),
     ("runner: credentials and TLS variables", "runner", inventory(),
      {"runner_zookeeper_hosts": ["zk1:2181"], "runner_auth": "cluster:Role-Secret-8f1",
       "runner_tls": True, "runner_tls_client_cert": "/nonexistent/client.crt",
