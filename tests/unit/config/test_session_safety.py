@@ -85,4 +85,4 @@ def test_runner_default_tick_time_is_the_zookeeper_roles():
         assert yaml.safe_load(handle)["zookeeper_tick_time"] == 2000
     with open(os.path.join(ROOT, "roles", "runner", "defaults", "main.yml")) as handle:
         default = yaml.safe_load(handle)["runner_zookeeper_tick_time"]
-    assert "zookeeper_tick_time | default(2000)" in default and default.rstrip("} ").endswith("else 2000"), default
+    assert "attribute='zookeeper_tick_time', default=2000" in default and default.rstrip("} ").endswith("else 2000"), default
