@@ -11,6 +11,9 @@ the outcome to the module through a pipe as one JSON line, and then keeps the se
 - its lease ends (it withdraws its node and closes the session),
 - its node is deleted: ``state=released`` deletes the contender of its owner, from any host, and the
   holder's ``Guard`` sees the node gone,
+- its node is revoked: ``state=released force=true`` by another owner marks the node's data ``revoked``; the
+  holder's ``Guard`` reads the mark at its next heartbeat, and the holder withdraws its node at once (the
+  releasing module waits for that, at most the ``grace`` the node carries, before it deletes the node itself),
 - its session is lost (expired, or the node deleted by anyone),
 - it is sent SIGTERM or SIGINT (it withdraws its node), or
 - with the default owner and the holder on the controller, the ``ansible-playbook`` run it belongs to has
@@ -45,21 +48,24 @@ from ._lock import (
     LockLost,
     acl_problems,
     contender_data,
+    contender_grace,
     delete_contender,
     describe_contender,
     lock_path,
     owned_by,
     read_contenders,
+    revoke_contender,
     rewrite_contender,
     status,
+    wait_contender_gone,
 )
 from ._slots import Records
 from ._zk import Session, ZooError, quiet_kazoo, tls_options
 
 try:
-    from kazoo.exceptions import KazooException
+    from kazoo.exceptions import BadVersionError, KazooException
 except ImportError:  # the modules report a missing kazoo before they get here
-    KazooException = ZooError
+    KazooException = BadVersionError = ZooError
 
 try:
     import syslog
@@ -70,6 +76,10 @@ except ImportError:  # pragma: no cover - not on POSIX
 RUN_OWNER = re.compile(r"\A[A-Za-z0-9_.-]+:[^@\s]*@[^:\s]+:([0-9]+)\Z")
 ZOO_ERRORS = (ZooError, KazooException)
 REPORT_MARGIN = 5.0  # seconds the module waits for the holder beyond what the holder may take
+# A forced release waits for the revoked holder to let go for its grace, plus a tenth of it (the holder's
+# heartbeat: it reads the mark at its next one) and REVOKE_MARGIN seconds (its release), then breaks the lock.
+REVOKE_HEARTBEAT_SHARE = 0.1
+REVOKE_MARGIN = 1.0
 WATCH_INTERVAL = 1.0  # how often the holder looks at the ansible-playbook process it belongs to
 
 
@@ -225,37 +235,114 @@ def _predict_acquire(job):
 
 
 def _release(job, force, check_mode):
+    """Release this owner's contenders; with force, also revoke (and if need be break) someone else's hold.
+
+    The result has ``how``: ``released`` (this owner's lock), ``revoked`` (the holder was told and let go
+    within its grace), ``broken`` (it still held the lock after its grace: its node was deleted), ``gone`` (it
+    let go by itself before it could be told), or None (nothing done); ``revoked`` (someone else's hold was
+    taken away) and ``waited`` (seconds spent waiting for the revoked holder).
+    """
     settings, name, owner = job["settings"], job["name"], job["owner"]
     session = _open(settings)
+    outcome = {"how": None, "revoked": False, "waited": 0.0}
     try:
         contenders = _contenders(session, settings, name)
-        targets = owned_by(contenders, owner)
-        forced = None
-        if force and contenders and contenders[0] not in targets:
-            forced = contenders[0]
-            targets.insert(0, forced)
+        mine = owned_by(contenders, owner)
+        head = contenders[0] if contenders else None
+        forced = head if force and head is not None and head not in mine else None
+        grace = session.session_timeout  # for a holder that names none (a foreign kazoo Lock)
+        if forced is not None:
+            grace = _grace(forced.data, grace)
         if check_mode:
-            released = targets
+            released = mine
+            if forced is not None:
+                outcome.update(how="revoked", revoked=True)
         else:
             released = []
-            for contender in targets:
-                try:
+            try:
+                # Our own places first: a place of ours behind the revoked holder must not get the lock meanwhile.
+                for contender in mine:
                     if delete_contender(session, settings["root"], name, contender.node, session.session_timeout):
                         released.append(contender)
-                except ZOO_ERRORS as exc:
-                    raise TaskError("releasing the lock %s: %s" % (name, _describe(exc, settings)))
+                if forced is not None:
+                    outcome.update(_revoke(session, settings["root"], name, owner, forced, grace))
+            except ZOO_ERRORS as exc:
+                raise TaskError("releasing the lock %s: %s" % (name, _describe(exc, settings)))
     finally:
         session.close()
-    if not released:
-        held = " (held by %s)" % describe_contender(contenders[0]) if contenders else ""
-        return {"changed": False, "msg": "the lock %s is not held by %s%s" % (name, owner, held)}
-    result = _held_result(released[0], True)
-    result["msg"] = "%s the lock %s" % ("would release" if check_mode else "released", name)
-    if forced is not None and forced in released:
-        result["warnings"] = [
-            "%s the lock %s held by %s" % ("would break" if check_mode else "broke", name, describe_contender(forced))
-        ]
+
+    warnings = []
+    if head is not None and head not in mine and forced is None:
+        warnings.append(
+            "the lock %s is held by %s, not by %s: it stays held until its holder lets go%s; force=true breaks it "
+            "(its holder is told to stop, and its node deleted if it has not let go within its grace)"
+            % (name, describe_contender(head), owner, " or its lease ends" if head.data.get("expires_at") else ""))
+    if forced is not None and outcome["how"] != "gone":
+        result = _held_result(forced, True)
+        described = describe_contender(forced)
+        if forced.data.get("identifier"):  # a foreign kazoo Lock: its identifier is all it tells
+            described += " identified as %s" % json.dumps(forced.data["identifier"])
+        if check_mode:
+            result["msg"] = ("would revoke the lock %s held by %s, and wait up to %gs for it to let go before breaking "
+                             "it" % (name, described, _revoke_limit(grace)))
+            warnings.append("would revoke the lock %s held by %s" % (name, described))
+        elif outcome["how"] == "revoked":
+            result["msg"] = "revoked the lock %s held by %s: it let go after %.1fs" % (
+                name, described, outcome["waited"])
+            warnings.append("revoked the lock %s held by %s (force=true); it let go after %.1fs"
+                            % (name, described, outcome["waited"]))
+        else:
+            told = ("it still held it %.1fs after it was told to stop (grace %gs)" % (outcome["waited"], grace)
+                    if outcome["marked"] else
+                    "it cannot be told to stop (its data is not zoo-locked's), and it still held it %.1fs later"
+                    % outcome["waited"])
+            result["msg"] = "broke the lock %s held by %s: %s, so its node was deleted" % (name, described, told)
+            warnings.append("broke the lock %s held by %s: %s; if it is still at work, it now works without the "
+                            "lock" % (name, described, told))
+    elif released:
+        result = _held_result(released[0], True)
+        result["msg"] = "%s the lock %s" % ("would release" if check_mode else "released", name)
+        outcome["how"] = "released"
+        if forced is not None:  # gone by itself meanwhile
+            result["msg"] += "; %s let go by itself before it could be revoked" % describe_contender(forced)
+    elif forced is not None:  # gone by itself before we could tell it
+        result = {"changed": False, "msg": "the lock %s is not held by %s any more: it let go by itself before it "
+                                           "could be revoked" % (name, describe_contender(forced))}
+    else:
+        held = " (held by %s)" % describe_contender(head) if head is not None else ""
+        result = {"changed": False, "msg": "the lock %s is not held by %s%s" % (name, owner, held)}
+    outcome.pop("marked", None)
+    result.update(outcome)
+    result["waited"] = round(result["waited"], 3)
+    result["warnings"] = warnings
     return result
+
+
+def _grace(data, fallback):
+    """Seconds a revoked holder has to let go: the grace its data names (at most the longest session timeout),
+    else ``fallback`` (our own session timeout)."""
+    grace = contender_grace(data)
+    if grace is None:
+        return fallback
+    return min(grace, _config.TIMEOUT_BOUNDS["session_timeout"][1])
+
+
+def _revoke_limit(grace):
+    return grace + REVOKE_HEARTBEAT_SHARE * grace + REVOKE_MARGIN
+
+
+def _revoke(session, root, name, owner, contender, grace):
+    """Tell the holder to stop, wait for it to let go (at most its grace and a margin), else delete its node."""
+    data = revoke_contender(session, root, name, contender.node, owner, session.session_timeout)
+    if data is None:
+        return {"how": "gone"}
+    started = time.monotonic()
+    marked = "revoked" in data
+    if wait_contender_gone(session, root, name, contender.node, _revoke_limit(grace)):
+        return {"how": "revoked", "revoked": True, "waited": time.monotonic() - started, "marked": marked}
+    deleted = delete_contender(session, root, name, contender.node, session.session_timeout)
+    return {"how": "broken" if deleted else "revoked", "revoked": True, "waited": time.monotonic() - started,
+            "marked": marked}
 
 
 def _acquire(job):
@@ -508,7 +595,10 @@ def _hold(session, job, report, state, wake):
             raise _SameOwner(holder)
 
     queued = time.time()
-    data = contender_data(owner, job["purpose"], kind="hold", expires_at=iso_utc(queued + lease), lease=lease)
+    # grace: once revoked (a forced release), this holder lets go within its session timeout even if it never
+    # hears of it (its session expires), and at its next heartbeat if it does.
+    data = contender_data(owner, job["purpose"], kind="hold", expires_at=iso_utc(queued + lease), lease=lease,
+                          grace=session.session_timeout)
     lock = Lock(session, settings["root"], name, data)
     try:
         token = lock.acquire(job["wait"], on_wait=on_wait)
@@ -530,7 +620,11 @@ def _hold(session, job, report, state, wake):
     lease_end = time.monotonic() + lease
     if held - queued >= 1.0:  # the lease runs from the moment the lock is held
         data["expires_at"] = iso_utc(held + lease)
-        rewrite_contender(lock, data, lock.op_timeout)
+        try:
+            rewrite_contender(lock, data, lock.op_timeout, version=0)  # as created: never over a "revoked" mark
+        except BadVersionError:
+            lock.withdraw()
+            raise LockLost("the lock %s was revoked (a forced release) as soon as it was held" % name)
     state["holding"] = True
     ours = [c for c in _contenders(session, settings, name) if c.node == lock.node]
     if not ours:
@@ -558,6 +652,8 @@ def _keep(lock, watch, lease_end, state, wake):
         while True:
             if guard.lost.is_set():
                 state["stop"] = guard.reason
+                if (guard.reason or "").startswith("revoked"):
+                    return  # a forced release: the node is still there, and goes at once (the caller withdraws it)
                 if "deleted" in (guard.reason or ""):
                     state["stop"] = "released: its lock node was deleted (a state=released task, or broken)"
                 lock.path = None  # the node is gone (released, broken or expired): nothing to withdraw

@@ -10,7 +10,8 @@ Layout (docs/architecture.md describes it for other tools)::
 
 Contender names follow kazoo's Lock recipe, so kazoo's ``Lock(client, ROOT/locks/NAME).contenders()`` reads
 them and a kazoo Lock on the same path queues fairly with zoo-locked. The contender with the lowest
-sequence number holds the lock; each waiter watches only its predecessor. A contender's data is a small
+sequence number holds the lock; each waiter watches its predecessor (and the holder, when it wants to hear
+of every new holder). A contender's data is a small
 JSON document (host, pid, owner, purpose, started, kind). The fencing token of a holder is its contender
 node's czxid: ZooKeeper's transaction ids grow strictly across the whole ensemble, so the token grows with
 every new holder even if the lock's parent node is removed and made again.
@@ -31,7 +32,7 @@ from ._config import HEARTBEAT_SHARE, now
 from ._zk import ZooError
 
 try:
-    from kazoo.exceptions import ConnectionLoss, NoNodeError, SessionExpiredError
+    from kazoo.exceptions import BadVersionError, ConnectionLoss, NoNodeError, SessionExpiredError
     from kazoo.protocol.states import KazooState
 except ImportError:  # reported by the caller through _zk.HAS_KAZOO
     pass
@@ -329,10 +330,20 @@ class Lock:
             return None
         raise ZooError("lost the connection to ZooKeeper while queueing for %s" % self.name)
 
-    def acquire(self, wait, on_wait=None):
-        """Queue for the lock and return once held; give up after ``wait`` seconds (0: do not wait)."""
+    def acquire(self, wait, on_wait=None, follow_holder=None):
+        """Queue for the lock and return once held; give up after ``wait`` seconds (0: do not wait).
+
+        ``on_wait(holder)`` (a Contender) is called when we start to wait and again each time the holder changes
+        while we wait; it may raise to give up (our node is then withdrawn). With ``follow_holder`` (default:
+        when there is an ``on_wait``) a waiter watches the holder as well as its predecessor, so that it hears of
+        a new holder at once even when its predecessor stays; without it, each waiter watches only its
+        predecessor (no herd effect when a holder leaves), and ``on_wait`` hears of a new holder only when the
+        predecessor goes.
+        """
         client = self.session.client
         deadline = time.monotonic() + wait
+        if follow_holder is None:
+            follow_holder = on_wait is not None
         self.path, stat = self._create()
         self.node = self.path.rsplit("/", 1)[1]
         self.token = stat.czxid
@@ -341,8 +352,11 @@ class Lock:
         def on_state(state):
             wake.set()
 
+        def on_change(event):  # one callable for every watch: kazoo keeps a set of them per path
+            wake.set()
+
         client.add_listener(on_state)
-        told = False
+        told = None  # the holder's node that on_wait last heard of
         try:
             while True:
                 wake.clear()
@@ -359,16 +373,21 @@ class Lock:
                     holder = self._holder(queue[0])
                     self.withdraw()
                     raise LockHeld(self.name, holder)
-                predecessor = "%s/%s" % (self.dir, queue[at - 1])
-                if self.session.call(
-                    "watching %s" % predecessor,
-                    client.exists_async(predecessor, watch=lambda event: wake.set()),
-                    self.op_timeout,
-                ) is None:
-                    continue
-                if not told and on_wait is not None:
-                    told = True
-                    on_wait(self._holder(queue[0]))
+                watched = [queue[at - 1]] + ([queue[0]] if follow_holder and at > 1 else [])
+                answers = [(node, client.exists_async("%s/%s" % (self.dir, node), watch=on_change))
+                           for node in watched]
+                gone = False
+                for node, answer in answers:
+                    if self.session.call("watching %s/%s" % (self.dir, node), answer, self.op_timeout) is None:
+                        gone = True
+                if gone:
+                    continue  # it left between the listing and the watch: look again
+                if on_wait is not None and queue[0] != told:
+                    holder = self._holder(queue[0])
+                    if holder is None:
+                        continue  # the holder left meanwhile: look again
+                    told = queue[0]
+                    on_wait(holder)
                 wake.wait(max(0.0, deadline - time.monotonic()))
                 if not client.connected and time.monotonic() < deadline:
                     # Suspended: wait (bounded) for the connection to come back before listing again.
@@ -565,8 +584,83 @@ def delete_contender(session, root, name, node, timeout):
         return False
 
 
-def rewrite_contender(lock, data, timeout):
-    """Replace the JSON document of our own contender node (its token, the czxid, stays the same)."""
+def rewrite_contender(lock, data, timeout, version=-1):
+    """Replace the JSON document of our own contender node (its token, the czxid, stays the same).
+
+    With ``version`` (0: as created), only if nobody changed it since: kazoo's BadVersionError otherwise (a
+    forced release marks the node ``revoked``, and that mark must not be overwritten).
+    """
     encoded = json.dumps(data, sort_keys=True).encode("utf-8")
-    lock.session.call("updating %s" % lock.path, lock.session.client.set_async(lock.path, encoded), timeout)
+    lock.session.call("updating %s" % lock.path, lock.session.client.set_async(lock.path, encoded, version=version),
+                      timeout)
     lock.data = encoded
+
+
+def contender_grace(data):
+    """The ``grace`` of a contender's data (seconds within which its holder, told to stop, has surely stopped its
+    work), or None when it has none that makes sense."""
+    grace = data.get("grace") if isinstance(data, dict) else None
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 < grace < float("inf"):
+        return None
+    return float(grace)
+
+
+def revoke_contender(session, root, name, node, by, timeout):
+    """Tell a lock's holder, from any session, to stop and let go: its node's data gets
+    ``"revoked": {"by": BY, "at": ISO-8601 UTC}``, written with the version read (read again when it changed).
+
+    Returns the node's data as it now is (a dict: a node whose data is not a JSON object, a foreign kazoo Lock,
+    is left as it is, since nothing there would read the mark), or None when the node is gone. A node that is
+    already marked keeps its first mark. Its holder's Guard reads the mark at its next heartbeat.
+    """
+    path = "%s/%s" % (lock_path(root, name), node)
+    client = session.client
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            raw, stat = session.call("reading %s" % path, client.get_async(path), deadline - time.monotonic())
+        except NoNodeError:
+            return None
+        try:
+            data = json.loads(raw.decode("utf-8")) if raw else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return Contender(node, raw, stat).data  # {"identifier": ...}: not ours to mark
+        if "revoked" in data:
+            return data
+        data = dict(data, revoked={"by": by, "at": utc_now()})
+        encoded = json.dumps(data, sort_keys=True).encode("utf-8")
+        try:
+            session.call("revoking %s" % path, client.set_async(path, encoded, version=stat.version),
+                         deadline - time.monotonic())
+            return data
+        except NoNodeError:
+            return None
+        except BadVersionError:
+            if time.monotonic() >= deadline:
+                raise ZooError("%s changed under us until we gave up revoking it" % path)
+
+
+def wait_contender_gone(session, root, name, node, timeout):
+    """Wait until a contender node is gone, at most ``timeout`` seconds; True when it is."""
+    path = "%s/%s" % (lock_path(root, name), node)
+    deadline = time.monotonic() + timeout
+    changed = threading.Event()
+
+    def on_change(event):
+        changed.set()
+
+    while True:
+        changed.clear()
+        left = deadline - time.monotonic()
+        try:
+            stat = session.call("watching %s" % path, session.client.exists_async(path, watch=on_change),
+                                max(0.5, min(left, session.session_timeout)))
+        except (ZooError, ConnectionLoss):
+            stat = True  # no answer: we do not know; look again while there is time
+        if stat is None:
+            return True
+        if left <= 0:
+            return False
+        changed.wait(min(left, 0.5))

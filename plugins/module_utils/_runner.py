@@ -569,7 +569,7 @@ class Runner:
 
         self.supervisor = Supervisor(self)
         try:
-            token = self.lock.acquire(options.wait, on_wait=waiting)
+            token = self.lock.acquire(options.wait, on_wait=waiting, follow_holder=False)
         except LockHeld as exc:
             log("skipped", name=self.name, host=self.host, holder=describe_contender(exc.holder),
                 waited=time.monotonic() - started, slot=self.slot)

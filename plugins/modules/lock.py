@@ -34,13 +34,15 @@ attributes:
     support: full
     details:
       - Connects to ZooKeeper and looks; changes nothing. O(state=acquired) on a lock held by someone else predicts
-        a change and warns, as the real run would have to wait.
+        a change and warns, as the real run would have to wait. O(force=true) reports the revocation it would do
+        (RV(how=revoked)) and waits for nothing.
   diff_mode:
     support: none
   idempotent:
     support: full
     details:
-      - Acquiring a lock that this O(owner) holds, or releasing one it does not hold, changes nothing.
+      - Acquiring a lock that this O(owner) holds, or releasing one it does not hold, changes nothing (the latter warns
+        when someone else holds the lock).
   action:
     support: full
     details:
@@ -95,8 +97,15 @@ options:
     type: str
   force:
     description:
-      - With O(state=released), also break the lock when someone else holds it (another playbook, or a running cron
-        job, whose runner then stops the job as it does when it loses its lock), with a warning naming the holder.
+      - With O(state=released), also take the lock away when someone else holds it (another playbook, or a running
+        cron job), with a warning naming the holder.
+      - The holder is B(revoked) first - its lock node is marked, and it stops and lets go (a cron job's runner stops
+        its command, SIGTERM then SIGKILL, and exits 70; a playbook's holder just lets go). The task waits until it
+        has let go, at most the I(grace) its node names (its session timeout) plus a tenth of it and a second (a
+        holder without one, such as a foreign kazoo Lock, gets this task's session timeout). Only a holder still
+        there after that is B(broken) - its node is deleted. So the lock passes on only once the old holder's work
+        has stopped (RV(how)).
+      - Without O(force), releasing a lock that someone else holds changes nothing and warns, naming the holder.
       - Only with O(state=released).
     type: bool
     default: false
@@ -148,7 +157,7 @@ EXAMPLES = r"""
       delegate_to: localhost
       run_once: true
 
-- name: Break a lock left behind by someone else (warns with who it was)
+- name: Take a lock away from someone else (warns with who it was; waits for it to stop within its grace)
   zoolocked.cron.lock:
     name: deploy
     state: released
@@ -180,8 +189,8 @@ holder:
   description:
     - With O(state=acquired), the holder of the lock (this owner; in check mode whoever holds it now, V(null) when it
       is free).
-    - With O(state=released), the holder that was released (or broken, or would be in check mode); V(null) when this
-      owner did not hold the lock.
+    - With O(state=released), the holder that was released (or, with O(force=true), revoked or broken; or would be in
+      check mode); V(null) when this owner did not hold the lock and none was taken away.
   returned: always
   type: dict
   contains:
@@ -219,11 +228,39 @@ holder:
       description: When the lease ends, ISO 8601 UTC (locks held by this module only).
       type: str
       sample: "2026-03-01T03:00:00Z"
+    identifier:
+      description: The data of a holder that is not zoo-locked's (a foreign kazoo Lock's identifier), as text.
+      type: str
+      sample: a foreign tool
 expires_at:
   description: When the lease of RV(holder) ends, ISO 8601 UTC; V(null) when there is no such holder or it has no lease.
   returned: always
   type: str
   sample: "2026-03-01T03:00:00Z"
+how:
+  description:
+    - With O(state=released), what happened to the lock's holder.
+    - V(released) - this owner's lock (or its place in the queue) was released.
+    - V(revoked) - someone else's lock (O(force=true)) was revoked, and its holder stopped and let go within its grace
+      (in check mode - would be revoked).
+    - V(broken) - the revoked holder still held the lock after its grace, and its node was deleted; a holder that did
+      not react may still be at work.
+    - V(gone) - the holder to be revoked let go by itself before it could be told.
+    - V(null) - nothing was done (this owner holds nothing here).
+  returned: when state=released
+  type: str
+  sample: revoked
+revoked:
+  description: With O(state=released), whether someone else's lock was taken away (RV(how) V(revoked) or V(broken)).
+  returned: when state=released
+  type: bool
+  sample: true
+waited:
+  description:
+    - With O(state=released), seconds spent waiting for a revoked holder to let go (V(0) otherwise, and in check mode).
+  returned: when state=released
+  type: float
+  sample: 0.31
 msg:
   description: What was done, or why nothing was.
   returned: sometimes

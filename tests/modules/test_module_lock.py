@@ -407,3 +407,153 @@ def test_sasl_credentials_make_a_lock_only_the_cluster_may_touch(ansible, kazoo,
     with pytest.raises(NoAuthError):
         kazoo.create(zk.lock_path("report") + "/x__lock__", ephemeral=True, sequence=True)
     assert password not in result.output
+
+
+# --- hand-overs: same-owner waiters, forced releases, releases of others' locks ----------------------------
+
+
+def test_same_owner_waiters_behind_a_job_answer_at_once_when_it_ends(ansible, runner, kazoo, zk):
+    """Two hosts of one run queue (wait=60) behind a running job. When it ends, the first takes the lock and the
+    second answers at once "held by the same owner" (changed=false, same token), not at the end of its wait."""
+    ready, until = ansible.path("job-ready"), ansible.path("job-may-end")
+    job = runner.start("deploy", runner.worker(ready=ready, until=until), "--owner", "cron-deploy")
+    wait_for(lambda: os.path.exists(ready), 20, message="the cron job to start")
+    out = ansible.tmp
+    tasks = [
+        {"name": "acquire on both hosts, behind the job", LOCK: {"name": "deploy", "wait": 60},
+         "register": "acquired"},
+        {"name": "save", "ansible.builtin.copy": {"content": "{{ acquired | to_json }}",
+                                                  "dest": out + "/acquired-{{ inventory_hostname }}.json",
+                                                  "mode": "0644"}, "delegate_to": "localhost"},
+        {"name": "release on every host", LOCK: {"name": "deploy", "state": "released"}},
+    ]
+    run = ansible.start(tasks, inventory=ansible.inventory(["node1", "node2"]), hosts="all")
+    wait_for(lambda: len(contenders(kazoo, zk, "deploy")) == 3, 60, message="both hosts to queue behind the job")
+    open(until, "w").close()
+    ended = time.monotonic()
+    paths = ["%s/acquired-node%d.json" % (out, i) for i in (1, 2)]
+    # Both hosts' answers are saved by the task after the acquire, once it is done on both: well within the
+    # wait of 60 s (before the fix the second host sat out the whole wait watching its same-owner predecessor).
+    acquired = wait_for(lambda: all(read_json(p) for p in paths) and [read_json(p) for p in paths], 30,
+                        message="both hosts to answer after the job ended")
+    answered = time.monotonic() - ended
+    print("both hosts answered %.1fs after the job was let go" % answered)
+    run.wait(60).succeeded()
+    assert job.wait(10).returncode == 0
+    assert sorted(a["changed"] for a in acquired) == [False, True], acquired
+    assert acquired[0]["token"] == acquired[1]["token"] > busy_token(job), acquired
+    assert ansible.holder_events().count("acquired ") == 1, ansible.holder_events()
+    wait_for(lambda: not contenders(kazoo, zk, "deploy"), 5, message="the lock to be freed")
+
+
+def test_force_release_revokes_a_playbook_hold(ansible, kazoo, zk):
+    """The holder is told (its node's data carries "revoked"), withdraws its node and ends: how=revoked."""
+    rc, acquired, output = ansible.adhoc(LOCK, {"name": "deploy", "owner": "ops-a", "lease": 600,
+                                                "purpose": "long work"})
+    assert rc == 0 and acquired["changed"], output
+    data = holder_data(kazoo, zk, "deploy")
+    assert data["kind"] == "hold" and data["grace"] == SESSION_TIMEOUT, data  # its session timeout
+    force = {"name": "deploy", "state": "released", "force": True, "owner": "ops-b"}
+    tasks = [
+        {"name": "check mode: would revoke", LOCK: force, "check_mode": True, "register": "predicted"},
+        {"name": "still held", INFO: {"names": ["deploy"]}, "register": "info_still"},
+        {"name": "revoke", LOCK: force, "register": "forced"},
+        {"name": "free", INFO: {"names": ["deploy"]}, "register": "info_free"},
+    ]
+    result = ansible.run(tasks, ["predicted", "info_still", "forced", "info_free"]).succeeded()
+    predicted = result["predicted"]
+    assert predicted["changed"] and predicted["revoked"] and predicted["how"] == "revoked", predicted
+    assert predicted["waited"] == 0 and predicted["token"] == acquired["token"], predicted
+    assert any("ops-a" in w for w in predicted["warnings"]), predicted
+    assert result["info_still"]["locks"][0]["owner"] == "ops-a"
+    forced = result["forced"]
+    print("revoked a playbook hold: waited %.2fs" % forced["waited"])
+    assert forced["changed"] and forced["revoked"] and forced["how"] == "revoked", forced
+    assert forced["holder"]["owner"] == "ops-a" and forced["token"] == acquired["token"], forced
+    assert 0 <= forced["waited"] < SESSION_TIMEOUT, forced  # a heartbeat (a tenth of it) and a delete
+    assert any("revoked" in w and "ops-a" in w for w in forced["warnings"]), forced
+    assert not result["info_free"]["locks"][0]["held"]
+    ansible.wait_gone(acquired["holder"]["pid"], 5)
+    ended = [line for line in ansible.holder_events().splitlines() if " ended " in line]
+    assert len(ended) == 1 and "revoked by ops-b" in ended[0], ansible.holder_events()
+    assert contenders(kazoo, zk, "deploy") == []
+
+
+STUBBORN = r"""
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    with open(sys.argv[1], "a") as handle:
+        handle.write("%.6f\n" % time.time())
+    time.sleep(0.02)
+"""
+
+
+def test_force_release_of_a_job_hands_over_only_after_its_command_stopped(ansible, runner, kazoo, zk):
+    """A job whose COMMAND ignores SIGTERM is force-released: the next waiter's COMMAND starts only after the old
+    COMMAND's last sign of life (the runner KILLs it, then deletes its own node; the module waits for that)."""
+    ticks = ansible.path("ticks")
+    job = runner.start("invoice", [sys.executable, "-c", STUBBORN, ticks], "--owner", "cron-invoice",
+                       "--session-timeout", "4")
+    wait_for(lambda: os.path.exists(ticks) and os.path.getsize(ticks), 20, message="the job to start")
+    waiter = runner.start("invoice", [sys.executable, "-c", "import time; print('%.6f' % time.time())"],
+                          "--wait", "30", "--session-timeout", "4")
+    wait_for(lambda: len(contenders(kazoo, zk, "invoice")) == 2, 20, message="the next job to queue")
+    result = ansible.run([{"name": "break the job's lock",
+                           LOCK: {"name": "invoice", "state": "released", "force": True, "owner": "ops"},
+                           "register": "forced"}], ["forced"]).succeeded()
+    forced = result["forced"]
+    new = waiter.wait(30)
+    assert new.returncode == 0, new
+    started = float(new.stdout.split()[0])
+    old = job.wait(30)
+    with open(ticks) as handle:
+        last = max(float(t) for t in handle.read().split())
+    overlap = last - started
+    print("forced release of a stubborn job: how=%s waited %.2fs, old COMMAND's last tick %.3fs before the new "
+          "one started (overlap %.3fs), old runner exit %s" % (forced.get("how"), forced.get("waited") or 0,
+                                                               -overlap, overlap, old.returncode))
+    assert overlap < 0, (overlap, forced, old.stderr)
+    assert forced["changed"] and forced["revoked"] and forced["holder"]["owner"] == "cron-invoice", forced
+    assert forced["how"] == "revoked", forced  # the runner stopped COMMAND and let go within its grace
+    assert old.returncode == 70, old
+
+
+def test_force_release_breaks_a_holder_that_never_reacts(ansible, kazoo, zk):
+    """A foreign kazoo Lock neither reads "revoked" nor has a grace: deleted after the module's session timeout."""
+    from kazoo.recipe.lock import Lock as KazooLock
+
+    foreign = KazooLock(kazoo, zk.lock_path("invoice"), "a foreign tool")
+    assert foreign.acquire(timeout=10)
+    (node,) = contenders(kazoo, zk, "invoice")
+    result = ansible.run([{"name": "break it", LOCK: {"name": "invoice", "state": "released", "force": True},
+                           "register": "forced"}], ["forced"]).succeeded()
+    forced = result["forced"]
+    print("broke a foreign lock after %.2fs" % forced["waited"])
+    assert forced["changed"] and forced["revoked"] and forced["how"] == "broken", forced
+    assert forced["holder"]["node"] == node and forced["holder"]["identifier"] == "a foreign tool", forced
+    assert SESSION_TIMEOUT <= forced["waited"] < SESSION_TIMEOUT + 3, forced
+    assert any("broke" in w and "a foreign tool" in w for w in forced["warnings"]), forced
+    assert contenders(kazoo, zk, "invoice") == []
+
+
+def test_release_of_a_lock_held_by_another_owner_warns(ansible, kazoo, zk):
+    """Nothing to release for this owner: changed=false, with a warning that names the holder and force=true."""
+    tasks = [
+        {"name": "another owner holds it", LOCK: {"name": "report", "owner": "ops-a", "lease": 600},
+         "register": "acquired"},
+        {"name": "release as this run", LOCK: {"name": "report", "state": "released"}, "register": "refused"},
+        {"name": "still held", INFO: {"names": ["report"]}, "register": "info"},
+        {"name": "its owner releases it", LOCK: {"name": "report", "state": "released", "owner": "ops-a"},
+         "register": "released"},
+    ]
+    result = ansible.run(tasks, ["acquired", "refused", "info", "released"]).succeeded()
+    refused = result["refused"]
+    assert refused["changed"] is False and "not held by" in refused["msg"], refused
+    warnings = refused.get("warnings") or []
+    assert len(warnings) == 1 and "ops-a" in warnings[0] and "force=true" in warnings[0], refused
+    assert refused["revoked"] is False and refused["how"] is None, refused
+    assert result["info"]["locks"][0]["owner"] == "ops-a"
+    assert result["released"]["changed"] and result["released"]["how"] == "released"
+    assert not result["released"].get("warnings"), result["released"]
+    assert contenders(kazoo, zk, "report") == []

@@ -209,3 +209,47 @@ def test_with_credentials_a_lock_tree_anyone_may_change_is_refused(tmp_path, zk,
     assert not report["ok"] and "ACLs are weaker than the credentials ask for" in report["error"], report
     assert "secret" not in report["error"]
     assert kazoo.get_children(zk.lock_path("job")) == []
+
+
+# --- Lock.acquire: a waiter hears of every new holder ------------------------------------------------------
+
+
+def test_a_waiter_hears_of_each_new_holder_while_its_predecessor_stays(zk, kazoo):
+    """Queue: H (holder), P (waiter), us. When H goes, P holds the lock while our predecessor (P) stays: on_wait
+    must hear of P at once (it watches the holder too), not when P goes."""
+    import threading
+
+    from zoo_locked import _lock, _zk
+
+    path = zk.lock_path("job")
+    first, second = [kazoo.create(path + "/%s__lock__" % tag, json.dumps({"owner": tag}).encode(), ephemeral=True,
+                                  sequence=True, makepath=True) for tag in ("h", "p")]
+    session = _zk.Session(zk.hosts, 2.0, 5.0)
+    session.start()
+    heard, outcome = [], {}
+
+    def on_wait(holder):
+        heard.append((time.monotonic(), holder.data.get("owner")))
+
+    def take():
+        try:
+            outcome["token"] = _lock.Lock(session, zk.root, "job", {"owner": "us"}).acquire(20, on_wait=on_wait)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    try:
+        wait_for(lambda: heard, 10, message="on_wait to hear of the first holder")
+        assert [owner for _t, owner in heard] == ["h"]
+        kazoo.delete(first)
+        gone = time.monotonic()
+        wait_for(lambda: len(heard) == 2, 5, message="on_wait to hear of the new holder")
+        assert heard[1][1] == "p" and heard[1][0] - gone < 1.0, heard
+        assert thread.is_alive() and not outcome  # still waiting: P holds the lock
+        kazoo.delete(second)
+        thread.join(10)
+        assert "token" in outcome, outcome
+    finally:
+        thread.join(20)
+        session.close()
