@@ -449,8 +449,7 @@ class Guard:
         self.last_ok = lock.last_ok if lock.last_ok is not None else now()
         self._interval = interval
         self.version = 0  # of our node's data, as last read: a change is looked at for "revoked"
-        client_id = self.session.client.client_id
-        self.session_id = client_id[0] if client_id else None
+        self.session_id = self.session.session_id
         self.lost = threading.Event()
         self.reason = None
         self.connected = True
@@ -522,8 +521,7 @@ class Guard:
         except Exception as exc:  # ConnectionLoss, no answer, anything else: no evidence; last_ok stays
             self.reason = "heartbeat failed: %s" % (str(exc) or type(exc).__name__)
             return None
-        client_id = client.client_id
-        if client_id is None or client_id[0] != self.session_id:
+        if self.session.session_id != self.session_id:
             # kazoo opens a new session by itself once the old one expired: our node went with the old one.
             self._lose("the ZooKeeper session expired (kazoo opened a new one)")
             return None

@@ -175,7 +175,7 @@ class Records:
                                          self.timeout).version
             except (NodeExistsError, BadVersionError):
                 return None
-        session_id = _session_id(client)
+        session_id = self.session.session_id
         deadline = time.monotonic() + self.timeout
         if version is None:
             try:  # a transaction cannot make parents
@@ -200,11 +200,11 @@ class Records:
                     raise written
                 return 0 if version is None else written.version
             except ConnectionLoss:
-                if time.monotonic() >= deadline or _session_id(client) != session_id:
-                    raise ZooError("the connection to ZooKeeper was lost while writing %s, and did not come back "
-                                   "in the same session within %.1fs" % (path, self.timeout))
                 while not client.connected and time.monotonic() < deadline:
                     time.sleep(0.02)
+                if not client.connected or self.session.session_id != session_id:
+                    raise ZooError("the connection to ZooKeeper was lost while writing %s, and did not come back "
+                                   "in the same session within %.1fs" % (path, self.timeout))
                 try:
                     landed = self._landed(path, data)
                 except (ConnectionLoss, ZooError):
@@ -266,11 +266,6 @@ class Records:
             if record is not None:
                 result.append(record)
         return result
-
-
-def _session_id(client):
-    client_id = client.client_id
-    return client_id[0] if client_id else None
 
 
 def new_record(name, slot, scheduled):

@@ -43,11 +43,21 @@ def marker_of(name, token):
     return "%s:%d" % (name, int(token))
 
 
+def _group_of(pid):
+    """The process group id of ``pid`` (from /proc; a zombie's too), or None when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[2])
+    except (IOError, OSError, IndexError, ValueError):
+        return None
+
+
 def marked_pids(marker, skip=()):
-    """The pids of the processes whose environment carries ``marker`` in ZOO_LOCKED_RUNS.
+    """[(pid, pgid)] of the processes whose environment carries ``marker`` in ZOO_LOCKED_RUNS.
 
     COMMAND's ZOO_LOCKED_RUNS is the runner's own (if it runs inside another locked COMMAND) plus this run's
-    marker, so a zoo-locked run nested in a job is found by the outer run's sweep too.
+    marker, so a zoo-locked run nested in a job is found by the outer run's sweep too. The group is read right
+    after the environment: a process that forks and exits at once may be gone a moment later, its group not.
     """
     wanted = marker.encode("utf-8")
     prefix = b"\0" + MARK_VAR.encode("ascii") + b"="
@@ -62,12 +72,17 @@ def marked_pids(marker, skip=()):
             continue  # gone, a zombie, or not ours to read
         at = environ.find(prefix)
         if at >= 0 and wanted in environ[at + len(prefix):].split(b"\0", 1)[0].split(b" "):
-            found.append(int(entry))
+            found.append((int(entry), _group_of(int(entry))))
     return found
 
 
 def kill_run(pgid, marker, skip=()):
-    """SIGKILL COMMAND's process group and every process that carries the run's marker; how many."""
+    """SIGKILL COMMAND's process group and every process that carries the run's marker; how many were signalled.
+
+    A marked process is killed with its whole process group when the group is its own (made by it or by another
+    marked process whose leader is gone): a daemon that forks and exits over and over would outrun a sweep that
+    kills one pid at a time, but not a kill of its group, which takes every member at once.
+    """
     killed = 0
     if pgid:
         try:
@@ -77,11 +92,22 @@ def kill_run(pgid, marker, skip=()):
             pass
     if marker:
         skip = set(skip) | {os.getpid()}
+        groups_killed = {pgid, os.getpgrp()}
         for dummy in range(SWEEP_ROUNDS):
-            pids = marked_pids(marker, skip)
-            if not pids:
+            found = marked_pids(marker, skip)
+            if not found:
                 break
-            for pid in pids:
+            pids = [pid for pid, dummy_group in found]
+            for pid, group in found:
+                if group is not None and group not in groups_killed:
+                    leader = _group_of(group)
+                    if leader != group or group in pids:  # the leader is gone, or marked: the group is the run's
+                        groups_killed.add(group)
+                        try:
+                            os.killpg(group, signal.SIGKILL)
+                            killed += 1
+                        except OSError:
+                            pass
                 try:
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
@@ -109,7 +135,7 @@ class Guardian:
                 os.close(write_end)
                 os.setsid()
                 if os.fork() == 0:
-                    _guardian_main(read_end)
+                    _exec_guardian(read_end)
             except BaseException:
                 code = 1
             os._exit(code)
@@ -117,14 +143,18 @@ class Guardian:
         os.waitpid(child, 0)
         os.set_blocking(write_end, False)
         self.fd = write_end
+        self.gone = False  # the guardian's end of the pipe closed: it died
 
     def send(self, message):
         if self.fd is None:
             return
         try:
             os.write(self.fd, message)
-        except OSError:
-            pass  # full (the guardian is stopped: it kills on its last deadline) or gone
+        except BlockingIOError:
+            pass  # full: the guardian is stopped, and kills on the last deadline it read
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                self.gone = True
 
     def mark(self, marker):
         self.send(b"m %s\n" % marker.encode("utf-8"))
@@ -143,6 +173,28 @@ class Guardian:
             except OSError:
                 pass
             self.fd = None
+
+
+# The guardian's program: a fresh interpreter (see _exec_guardian) that imports this module from the folder and
+# package named in its environment and runs _guardian_main on the pipe whose number it is given.
+GUARDIAN_CODE = ("import os, sys; where, package = os.environ.pop('ZL_GUARDIAN').split('|'); sys.path.insert(0, where); "
+                 "__import__(package + '._supervisor', fromlist=['_'])._guardian_main(int(sys.argv[1]))")
+
+
+def _exec_guardian(read_end):
+    """Become the guardian: a new interpreter whose command line does not name zoo-locked, so that
+    `pkill -f zoo-locked` or `pkill -f python`, aimed at runners, leaves the dead-man switch alone (its name,
+    zl-guardian, keeps it out of `pkill zoo-locked` and `killall python3` too). Should the exec fail, it runs here."""
+    package = __name__.rpartition(".")[0]
+    where = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for dummy in range(package.count(".")):
+        where = os.path.dirname(where)
+    os.environ["ZL_GUARDIAN"] = "%s|%s" % (where, package)
+    os.set_inheritable(read_end, True)
+    try:
+        os.execv(sys.executable, ["zl-guardian", "-I", "-S", "-c", GUARDIAN_CODE, str(read_end)])
+    except OSError:
+        _guardian_main(read_end)
 
 
 def _guardian_main(read_end):
@@ -317,6 +369,10 @@ class Supervisor:
                 if guard.lost.is_set():
                     self._stop("lost", min(current + min(options.kill_after, 0.25 * session_timeout), silent_kill),
                                detail=guard.reason)
+                elif self.guardian.gone:
+                    # Without its dead-man switch, a run that is then killed would leave COMMAND running unlocked.
+                    self._stop("lost", min(current + min(options.kill_after, 0.25 * session_timeout), silent_kill),
+                               detail="the guardian process died (it was killed): the run cannot keep its promise")
                 elif current >= silent_term:
                     self._stop("lost", silent_kill, detail="no answer through the ZooKeeper leader for %.1fs of a "
                                "%.1fs session" % (current - guard.last_ok, session_timeout))

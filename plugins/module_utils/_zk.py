@@ -185,6 +185,12 @@ class Session:
         handler.create_connection = capped_create_connection
 
     @property
+    def session_id(self):
+        """The id of the session kazoo holds, also while it reconnects (``client_id`` says None then); another one
+        after kazoo opened a new session by itself once the old one expired. Private kazoo state (kazoo is pinned)."""
+        return getattr(self.client, "_session_id", None)
+
+    @property
     def session_timeout(self):
         """The session timeout the servers enforce: the shortest they granted (the requested one until connected)."""
         return self.negotiated_timeout or self.requested_timeout
