@@ -80,8 +80,8 @@ def kill_run(pgid, marker, skip=()):
     """SIGKILL COMMAND's process group and every process that carries the run's marker; how many were signalled.
 
     A marked process is killed with its whole process group when the group is its own (made by it or by another
-    marked process whose leader is gone): a daemon that forks and exits over and over would outrun a sweep that
-    kills one pid at a time, but not a kill of its group, which takes every member at once.
+    marked process whose leader is gone): the group kill takes at once the members that the sweep has not seen
+    yet, children forked between its read of /proc and its kill.
     """
     killed = 0
     if pgid:
@@ -122,8 +122,12 @@ class Guardian:
 
     Messages (one line each): ``m NAME:TOKEN`` (the run's marker, before COMMAND starts), ``g PGID`` (COMMAND's
     group), ``d DEADLINE`` (kill at this ``_config.now()``, pushed forward at each answer from the leader),
-    ``k`` (kill now), ``done`` (COMMAND and everything it started are gone). The pipe never blocks the runner:
-    a guardian that cannot read (stopped) just misses renewals, which only makes it kill sooner.
+    ``done`` (COMMAND and everything it started are gone). The pipe never blocks the runner: a guardian that
+    cannot read (stopped) just misses renewals, which only makes it kill sooner.
+
+    Until the marker comes, the guardian is the forked copy of the runner, idle: most runs never start COMMAND
+    (the lock is held elsewhere, the slot is done), and they cost no more than a fork. With the marker it becomes
+    a fresh interpreter (``_exec_guardian``).
     """
 
     def __init__(self):
@@ -135,7 +139,7 @@ class Guardian:
                 os.close(write_end)
                 os.setsid()
                 if os.fork() == 0:
-                    _exec_guardian(read_end)
+                    _await_marker(read_end)
             except BaseException:
                 code = 1
             os._exit(code)
@@ -176,29 +180,44 @@ class Guardian:
 
 
 # The guardian's program: a fresh interpreter (see _exec_guardian) that imports this module from the folder and
-# package named in its environment and runs _guardian_main on the pipe whose number it is given.
-GUARDIAN_CODE = ("import os, sys; where, package = os.environ.pop('ZL_GUARDIAN').split('|'); sys.path.insert(0, where); "
-                 "__import__(package + '._supervisor', fromlist=['_'])._guardian_main(int(sys.argv[1]))")
+# package named in its environment and runs _guardian_main on the pipe whose number it is given, with what was
+# read from the pipe before.
+GUARDIAN_CODE = ("import os, sys; where, package, pending = os.environ.pop('ZL_GUARDIAN').split('|', 2); "
+                 "sys.path.insert(0, where); __import__(package + '._supervisor', fromlist=['_'])._guardian_main("
+                 "int(sys.argv[1]), pending.encode())")
 
 
-def _exec_guardian(read_end):
+def _await_marker(read_end):
+    """The guardian as a forked copy of the runner: wait for the marker (COMMAND is about to start), then become a
+    fresh interpreter; end when the runner goes without one (nothing was started). Never returns."""
+    pending = b""
+    try:
+        while b"\n" not in pending:
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                os._exit(0)
+            pending += chunk
+        _exec_guardian(read_end, pending)
+    except BaseException:
+        pass
+    _guardian_main(read_end, pending)
+
+
+def _exec_guardian(read_end, pending):
     """Become the guardian: a new interpreter whose command line does not name zoo-locked, so that
     `pkill -f zoo-locked` or `pkill -f python`, aimed at runners, leaves the dead-man switch alone (its name,
-    zl-guardian, keeps it out of `pkill zoo-locked` and `killall python3` too). Should the exec fail, it runs here."""
+    zl-guardian, keeps it out of `pkill zoo-locked` and `killall python3` too). Returns only if the exec fails."""
     package = __name__.rpartition(".")[0]
     where = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for dummy in range(package.count(".")):
         where = os.path.dirname(where)
-    os.environ["ZL_GUARDIAN"] = "%s|%s" % (where, package)
+    os.environ["ZL_GUARDIAN"] = "%s|%s|%s" % (where, package, pending.decode("utf-8"))
     os.set_inheritable(read_end, True)
-    try:
-        os.execv(sys.executable, ["zl-guardian", "-I", "-S", "-c", GUARDIAN_CODE, str(read_end)])
-    except OSError:
-        _guardian_main(read_end)
+    os.execv(sys.executable, ["zl-guardian", "-I", "-S", "-c", GUARDIAN_CODE, str(read_end)])
 
 
-def _guardian_main(read_end):
-    """The guardian's whole life; never returns."""
+def _guardian_main(read_end, pending=b""):
+    """The guardian's whole life, from the messages in ``pending`` on; never returns."""
     try:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(signum, signal.SIG_IGN)
@@ -218,21 +237,9 @@ def _guardian_main(read_end):
                     pass
         pgid = marker = deadline = None
         done = False
-        pending = b""
+        ready = True  # what is pending first
         while True:
-            armed = deadline is not None and (pgid or marker)
-            delay = max(0.0, deadline - now()) if armed else None
-            try:
-                ready = select.select([read_end], [], [], delay)[0]
-            except InterruptedError:
-                ready = []
             if ready:
-                chunk = os.read(read_end, 4096)
-                if not chunk:  # the runner is gone: if it did not say "done", COMMAND may be running unlocked
-                    if not done:
-                        kill_run(pgid, marker)
-                    break
-                pending += chunk
                 lines = pending.split(b"\n")
                 pending = lines.pop()
                 for line in lines:
@@ -243,14 +250,24 @@ def _guardian_main(read_end):
                         pgid = int(words[1])
                     elif words[:1] == [b"d"] and len(words) == 2:
                         deadline = float(words[1])
-                    elif words == [b"k"]:
-                        kill_run(pgid, marker)
                     elif words == [b"done"]:
                         done = True
                         pgid = marker = deadline = None
             if deadline is not None and (pgid or marker) and now() >= deadline:
                 kill_run(pgid, marker)
                 deadline = None  # until the runner says more, or goes
+            armed = deadline is not None and (pgid or marker)
+            try:
+                ready = select.select([read_end], [], [], max(0.0, deadline - now()) if armed else None)[0]
+            except InterruptedError:
+                ready = []
+            if ready:
+                chunk = os.read(read_end, 4096)
+                if not chunk:  # the runner is gone: if it did not say "done", COMMAND may be running unlocked
+                    if not done:
+                        kill_run(pgid, marker)
+                    break
+                pending += chunk
     except BaseException:
         pass
     os._exit(0)
