@@ -43,7 +43,8 @@ class QuorumPeer(ZKServer):
 
     def __init__(self, workdir, sid, ensemble, **kwargs):
         ZKServer.__init__(self, workdir, tick_time=ensemble.tick_time,
-                          max_session_timeout=ensemble.max_session_timeout, **kwargs)
+                          max_session_timeout=ensemble.max_session_timeouts.get(sid, ensemble.max_session_timeout),
+                          **kwargs)
         self.sid = sid
         self.ensemble = ensemble
         self.quorum_port = free_port()
@@ -60,7 +61,7 @@ class QuorumPeer(ZKServer):
             "dataDir=%s" % self.datadir,
             "clientPort=%d" % self.port,
             "clientPortAddress=127.0.0.1",
-            "maxSessionTimeout=%d" % self.ensemble.max_session_timeout,
+            "maxSessionTimeout=%d" % self.max_session_timeout,
             "maxClientCnxns=0",
             "4lw.commands.whitelist=*",
             "admin.enableServer=false",
@@ -114,16 +115,18 @@ class ZKEnsemble:
     """``size`` ZooKeeper servers on 127.0.0.1 (ids 1..size), each with free client, quorum and election ports.
 
     ``proxied``: ids of servers whose links to the other servers' quorum ports go through a TCPProxy each
-    (``self.proxies[(sid, other)]``); their election links stay direct.
+    (``self.proxies[(sid, other)]``); their election links stay direct. ``max_session_timeouts``: {sid: ms} for
+    servers whose zoo.cfg has another maxSessionTimeout than ``max_session_timeout`` (the others').
     """
 
     def __init__(self, workdir, size=3, tick_time=500, init_limit=10, sync_limit=10, max_session_timeout=60000,
-                 proxied=()):
+                 proxied=(), max_session_timeouts=None):
         self.workdir = workdir
         self.tick_time = tick_time
         self.init_limit = init_limit
         self.sync_limit = sync_limit
         self.max_session_timeout = max_session_timeout
+        self.max_session_timeouts = dict(max_session_timeouts or {})
         self.peers = {}
         for sid in range(1, size + 1):
             self.peers[sid] = QuorumPeer(os.path.join(workdir, "zk%d" % sid), sid, self)

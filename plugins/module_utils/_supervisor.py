@@ -292,6 +292,7 @@ class Supervisor:
         self.pgid = None
         self.marker = None
         self.stopping = None  # why COMMAND is being stopped: "signal", "timeout" or "lost"
+        self.detail = None  # and what made it so
         self.termed = False
         self.kill_at = None
         self.killed = False
@@ -316,6 +317,7 @@ class Supervisor:
             self.kill_at = kill_at
         if self.stopping is None or self.RANK[why] > self.RANK[self.stopping]:
             self.stopping = why
+            self.detail = fields.get("detail")
             self.log("stopping", name=self.runner.name, host=self.runner.host, reason=why,
                      signal=signal.Signals(signum).name, kill_in=max(0.0, kill_at - now()), **fields)
 
@@ -427,7 +429,7 @@ class Supervisor:
         code = 128 - returncode if returncode < 0 else returncode
         if self.stopping == "lost":
             self.log("lost", name=runner.name, host=runner.host, token=token,
-                     reason=guard.reason or "no answer from ZooKeeper", command_exit=code)
+                     reason=self.detail or guard.reason or "no answer from ZooKeeper", command_exit=code)
             return EX_SOFTWARE_LOST
         if self.stopping == "timeout":
             return EX_TIMEOUT
