@@ -52,6 +52,25 @@ def _group_of(pid):
         return None
 
 
+def _read(path):
+    """The whole content of a /proc file with a NUL in front, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    chunks = [b"\0"]
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def marked_pids(marker, skip=()):
     """[(pid, pgid)] of the processes whose environment carries ``marker`` in ZOO_LOCKED_RUNS.
 
@@ -65,10 +84,8 @@ def marked_pids(marker, skip=()):
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in skip:
             continue
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as handle:
-                environ = b"\0" + handle.read()
-        except (IOError, OSError):
+        environ = _read("/proc/%s/environ" % entry)  # os-level reads: this runs between COMMAND's end and the release
+        if environ is None:
             continue  # gone, a zombie, or not ours to read
         at = environ.find(prefix)
         if at >= 0 and wanted in environ[at + len(prefix):].split(b"\0", 1)[0].split(b" "):
