@@ -5,10 +5,14 @@ freeze() stops moving bytes in both directions without closing anything: what ei
 the kernel's socket buffers (the proxy stops reading), so the client hears nothing and the server hears
 nothing, exactly as when a link silently drops packets. thaw() moves the held bytes on. Connections
 accepted while frozen are held too: the upstream connection is made only after thaw(). close() ends it all.
+
+RequestProxy is a TCPProxy to ZooKeeper that reads the client's requests and breaks the connection at the Nth
+request of one opcode (before forwarding it, just after, or once the server's answer to it came back).
 """
 
 import select
 import socket
+import struct
 import threading
 import time
 
@@ -112,7 +116,7 @@ class TCPProxy:
             except OSError:
                 return
             pair[1] = upstream
-            other = {client: upstream, upstream: client}
+            relay = self._relay(client, upstream)
             while not self._closed.is_set():
                 if not self._wait_thawed():
                     return
@@ -133,7 +137,8 @@ class TCPProxy:
                     if not self._wait_thawed():
                         return
                     try:
-                        other[s].sendall(data)
+                        if not relay(s, data):
+                            return
                     except OSError:
                         return
         finally:
@@ -142,6 +147,122 @@ class TCPProxy:
                     self._conns.remove(pair)
             for s in pair:
                 _close(s)
+
+    def _relay(self, client, upstream):
+        """relay(source, data): pass on what one side of a connection sent (False: end the connection)."""
+        other = {client: upstream, upstream: client}
+
+        def relay(source, data):
+            other[source].sendall(data)
+            return True
+
+        return relay
+
+
+class RequestProxy(TCPProxy):
+    """A TCPProxy to ZooKeeper that breaks the connection at the ``nth`` request of ``opcode`` a client sends
+    (counted over all the connections through it; a connection's first frame, the ConnectRequest, has no xid nor
+    opcode and is never counted). It acts once, ``when``:
+
+    - ``"before"``: the request is not forwarded (it never lands);
+    - ``"after"``: it is forwarded, and the connection is broken 0.1 s later, nothing else passed on meanwhile (it
+      lands, and its answer dies with the connection);
+    - ``"answer"``: it is forwarded, the server's frames are passed on until its answer (told by its xid), which is
+      dropped, and the connection with it (it landed, and the client cannot know); after 5 s without the answer
+      the connection is broken all the same.
+
+    Both streams are cut into whole frames (a 4-byte length, then the frame) and passed on frame by frame.
+    ``fired`` is the time.time() at which the request was seen (None until then), ``dropped_answer`` the one at
+    which its answer was dropped (``"answer"``); ``accepted`` counts the connections (the client's reconnects).
+    The rest is TCPProxy's: ``hosts``, ``close()``, and freeze()/thaw(), which the wait for an answer does not heed.
+    """
+
+    WHEN = ("before", "after", "answer")
+
+    def __init__(self, target_port, opcode, nth=1, when="before", target_host="127.0.0.1"):
+        if when not in self.WHEN:
+            raise ValueError("when: one of %s, not %r" % (", ".join(self.WHEN), when))
+        self.opcode, self.nth, self.when = opcode, nth, when
+        self.seen = 0
+        self.fired = None
+        self.dropped_answer = None
+        super().__init__(target_port, target_host=target_host)
+
+    def _relay(self, client, upstream):
+        buffers = {client: b"", upstream: b""}
+        handshake = True
+
+        def relay(source, data):
+            nonlocal handshake
+            frames, buffers[source] = _frames(buffers[source] + data)
+            for frame in frames:
+                if source is upstream:
+                    client.sendall(frame)
+                elif handshake:  # the ConnectRequest has no xid nor opcode
+                    handshake = False
+                    upstream.sendall(frame)
+                elif self._is_target(frame):
+                    self._act(frame, client, upstream, buffers[upstream])
+                    return False
+                else:
+                    upstream.sendall(frame)
+            return True
+
+        return relay
+
+    def _is_target(self, frame):
+        if len(frame) < 12 or struct.unpack(">i", frame[8:12])[0] != self.opcode:
+            return False
+        with self._lock:
+            self.seen += 1
+            if self.seen == self.nth and self.fired is None:
+                self.fired = time.time()
+                return True
+        return False
+
+    def _act(self, frame, client, upstream, from_server):
+        """What to do with the request ``frame`` before the connection is broken."""
+        if self.when == "before":
+            return
+        upstream.sendall(frame)
+        if self.when == "after":
+            time.sleep(0.1)  # the server applies it; its answer dies with the connection
+        else:
+            self._drop_answer(client, upstream, struct.unpack(">i", frame[4:8])[0], from_server)
+
+    def _drop_answer(self, client, upstream, xid, pending):
+        """Pass the server's frames on (``pending``: what came before) until the answer to ``xid``, which is dropped."""
+        deadline = time.monotonic() + 5
+        while True:
+            frames, pending = _frames(pending)
+            for frame in frames:
+                if struct.unpack(">i", frame[4:8])[0] == xid:
+                    self.dropped_answer = time.time()
+                    return
+                client.sendall(frame)
+            if time.monotonic() >= deadline:
+                return
+            try:
+                if not select.select([upstream], [], [], 0.1)[0]:
+                    continue
+            except ValueError:  # closed by close()
+                return
+            data = upstream.recv(65536)
+            if not data:
+                return
+            pending += data
+
+
+def _frames(buffer):
+    """(complete frames, rest) of a byte stream of 4-byte length-prefixed frames."""
+    frames = []
+    while len(buffer) >= 4:
+        size = struct.unpack(">i", buffer[:4])[0]
+        if len(buffer) < 4 + size:
+            break
+        frames.append(buffer[:4 + size])
+        buffer = buffer[4 + size:]
+    return frames, buffer
 
 
 def _close(s):

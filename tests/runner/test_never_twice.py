@@ -3,8 +3,8 @@
 
 Against real ZooKeeper (the shared test server, a freezable proxy in front of it, or a three-server ensemble
 from tests/zkensemble.py), no mocks. Every overlap is measured from the COMMANDs' own timestamps: the COMMAND
-is a "ticker" that appends ``TIME PID TAG`` to a file every 20 ms (its children and daemons too, with their own
-tags), so
+is a "ticker" (tests/overlap.py) that appends ``TIME PID TAG`` to a file every 20 ms (its children and daemons
+too, with their own tags), so
 
     overlap = (last tick of the old holder's COMMAND or anything it started) - (first tick of the new holder's)
 
@@ -15,169 +15,25 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 import zkharness
+from overlap import (
+    Ticker, close_client, finish, first_tick, kazoo_client, last_tick, overlap_of, pids_of, started_ensemble,
+    wait_first_tick,
+)
 from zkensemble import ZKEnsemble
 from zkharness import group_alive, pid_alive, runner_env, wait_for
-
-TICKER_SOURCE = r'''
-"""A COMMAND for tests/runner/test_never_twice.py: appends "TIME PID TAG" to FILE every 20 ms."""
-import argparse, os, subprocess, sys, threading, time
-
-p = argparse.ArgumentParser()
-p.add_argument("file")
-p.add_argument("--tag", default="main")
-p.add_argument("--for", dest="duration", type=float, default=120.0, help="tick this long, then exit")
-p.add_argument("--exit", type=int, default=0)
-p.add_argument("--child", action="store_true", help="start a child ticker (tag child) in our process group")
-p.add_argument("--flood-child", action="store_true",
-               help="start a child ticker (tag flood) that also writes to its stderr until that blocks")
-p.add_argument("--flood", action="store_true", help="a thread writes to stderr for ever (it blocks when full)")
-p.add_argument("--daemon", action="store_true",
-               help="fork a daemon (os.setsid: out of our group and session) that ticks (tag daemon)")
-p.add_argument("--daemon-for", type=float, default=120.0)
-a = p.parse_args()
-
-fd = os.open(a.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-
-def tick(tag):
-    os.write(fd, b"%.6f %d %s\n" % (time.time(), os.getpid(), tag.encode()))
-
-
-def tick_for(tag, duration):
-    end = time.monotonic() + duration
-    due = time.monotonic()
-    while True:
-        tick(tag)
-        due += 0.02
-        if due >= end:
-            return
-        time.sleep(max(0.0, due - time.monotonic()))
-
-
-def flood():
-    chunk = b"x" * 65536
-    while True:
-        os.write(2, chunk)
-
-
-def child(tag, *extra):
-    return subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), a.file, "--tag", tag,
-                             "--for", str(a.duration)] + list(extra))
-
-
-tick(a.tag)  # the first tick: this COMMAND's start
-if a.flood:
-    threading.Thread(target=flood, daemon=True).start()
-if a.child:
-    child("child")
-if a.flood_child:
-    child("flood", "--flood")
-if a.daemon:
-    r, w = os.pipe()
-    if os.fork() == 0:
-        os.close(r)
-        os.setsid()
-        tick("daemon")
-        os.write(w, b"!")
-        os.close(w)
-        tick_for("daemon", a.daemon_for)
-        os._exit(0)
-    os.close(w)
-    os.read(r, 1)  # the daemon runs and has ticked
-    os.close(r)
-tick_for(a.tag, a.duration)
-sys.exit(a.exit)
-'''
 
 
 # --- helpers -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def ticker_script(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ticker") / "ticker.py"
-    path.write_text(TICKER_SOURCE)
-    return str(path)
-
-
-class Ticker:
-    def __init__(self, script):
-        self.script = script
-
-    def __call__(self, path, duration=None, exit=None, **flags):
-        cmd = [sys.executable, "-I", "-S", self.script, str(path)]
-        if duration is not None:
-            cmd += ["--for", str(duration)]
-        if exit is not None:
-            cmd += ["--exit", str(exit)]
-        for flag, value in flags.items():
-            if value is True:
-                cmd.append("--" + flag.replace("_", "-"))
-            elif value is not None:
-                cmd += ["--" + flag.replace("_", "-"), str(value)]
-        return cmd
-
-
-@pytest.fixture
-def ticker(ticker_script):
-    return Ticker(ticker_script)
-
-
-def ticks(path, tags=None):
-    """[(time, pid, tag)] of a ticker's file, in order."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3:  # a line being written is skipped
-            t, pid, tag = float(parts[0]), int(parts[1]), parts[2]
-            if tags is None or tag in tags:
-                out.append((t, pid, tag))
-    return out
-
-
-def first_tick(path, tag="main"):
-    found = ticks(path, {tag})
-    return found[0] if found else None
-
-
-def wait_first_tick(path, tag="main", timeout=20):
-    return wait_for(lambda: first_tick(path, tag), timeout, interval=0.01, message="a %s tick in %s" % (tag, path))
-
-
-def last_tick(path):
-    found = ticks(path)
-    return max(t for t, dummy_pid, dummy_tag in found) if found else None
-
-
-def pids_of(path, tags=None):
-    return sorted({pid for dummy_t, pid, dummy_tag in ticks(path, tags)})
-
-
-def overlap_of(old_path, new_path, what):
-    """Print and return the overlap: the old holder's last tick (anything it started) minus the new one's start."""
-    old_last = last_tick(old_path)
-    new = first_tick(new_path)
-    assert old_last is not None, "the old holder's COMMAND never ticked"
-    assert new is not None, "the new holder's COMMAND never ran"
-    overlap = old_last - new[0]
-    by_tag = {}
-    for t, dummy_pid, tag in ticks(old_path):
-        by_tag[tag] = max(by_tag.get(tag, t), t)
-    print("\n[%s] overlap %+.3f s (%s): old holder's last tick %s, new holder's COMMAND started at %.3f"
-          % (what, overlap, "BOTH RAN AT ONCE" if overlap >= 0 else "never both at once",
-             ", ".join("%s %.3f" % kv for kv in sorted(by_tag.items())), new[0]))
-    return overlap
+def ticker(tmp_path_factory):
+    return Ticker(tmp_path_factory.mktemp("ticker"))
 
 
 def wait_dead(pids=(), pgids=(), timeout=10.0):
@@ -195,29 +51,6 @@ def queued(runner, client, name, count, root=None, timeout=20):
              message="%d contender(s) of %s" % (count, name))
 
 
-def finish(bg, timeout):
-    """bg.wait(timeout), or None when it is still running (nothing raised, so the figures still get printed)."""
-    try:
-        return bg.wait(timeout)
-    except AssertionError:
-        return None
-
-
-def kazoo_client(hosts):
-    from kazoo.client import KazooClient
-
-    client = KazooClient(hosts=hosts, timeout=10)
-    client.start(timeout=20)
-    return client
-
-
-def close_client(client):
-    try:
-        client.stop()
-    finally:
-        client.close()
-
-
 # --- 1. a follower cut off from the leader -------------------------------------------------------------
 
 
@@ -226,19 +59,7 @@ def ensemble(request, tmp_path):
     # tickTime 500 ms: the runner's bound T >= (tickTime/2 + 0.25 s) / 0.15 is 3.3 s, so a 4 s session is safe.
     # syncLimit 10: the cut-off follower goes on serving reads for 10 ticks (5 s) before it gives up.
     ens = ZKEnsemble(str(tmp_path / "ensemble"), size=3, tick_time=500, init_limit=10, sync_limit=10, proxied={1})
-    try:
-        modes = ens.start_with_follower(1)
-    except zkharness.HarnessError as e:
-        ens.stop()
-        pytest.fail("cannot start the ensemble: %s" % e)
-    print("\nensemble modes %s" % modes)
-    # conftest.py attaches the logs of these servers to the report of a failed test.
-    marks = getattr(request.node, "_zk_log_marks", None)
-    if marks is None:
-        marks = request.node._zk_log_marks = []
-    marks.extend((ens[sid], 0) for sid in sorted(ens.peers))
-    yield ens
-    ens.stop()
+    yield from started_ensemble(request, ens, lambda: ens.start_with_follower(1))
 
 
 @pytest.mark.timeout(60)

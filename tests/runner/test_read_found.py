@@ -11,8 +11,9 @@
    ``sync`` (a stale follower could hide it, and the runner would queue a second contender of its own).
 4. Every deadline of the kill path is on CLOCK_BOOTTIME (``_config.now``), which counts suspend.
 
-Overlaps are measured from the commands' own clocks: each COMMAND appends ``TIME PID TAG`` to a file every 20 ms,
-and ``last tick of the old holder - first tick of the new one`` must be negative.
+Overlaps are measured from the commands' own clocks: each COMMAND (the ticker of tests/overlap.py) appends
+``TIME PID TAG`` to a file every 20 ms, and ``last tick of the old holder - first tick of the new one`` must be
+negative.
 
 How each test was checked to be able to fail is in its docstring (ZOO_LOCKED_TEST_BIN selects the runner under
 test: the pre-fix tree, or a copy of module_utils with one of the fixes taken out).
@@ -21,10 +22,6 @@ test: the pre-fix tree, or a copy of module_utils with one of the fixes taken ou
 import importlib
 import json
 import os
-import select
-import signal
-import socket
-import struct
 import sys
 import threading
 import time
@@ -32,86 +29,18 @@ import time
 import pytest
 
 import zkharness
-from tcpproxy import TCPProxy
+from overlap import (
+    Ticker, close_client, finish, kazoo_client, kill_tickers, last_tick, overlap_of, started_ensemble, ticks,
+    wait_first_tick,
+)
+from tcpproxy import RequestProxy, TCPProxy
 from zkensemble import ZKEnsemble
 from zkharness import free_port, pid_alive, wait_for
 
-TICKER_SOURCE = r'''
-"""A COMMAND for tests/runner/test_read_found.py: appends "TIME PID TAG" to FILE every 20 ms."""
-import os, signal, sys, time
-
-path, tag, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-if "--ignore-term" in sys.argv[4:]:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-end = time.monotonic() + seconds
-while True:
-    os.write(fd, b"%.6f %d %s\n" % (time.time(), os.getpid(), tag.encode()))
-    if time.monotonic() >= end:
-        break
-    time.sleep(0.02)
-'''
-
 
 @pytest.fixture(scope="module")
-def ticker_script(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ticker") / "ticker.py"
-    path.write_text(TICKER_SOURCE)
-    return str(path)
-
-
-@pytest.fixture
-def ticker(ticker_script):
-    def command(path, tag="main", seconds=120.0, ignore_term=False):
-        return [sys.executable, "-I", "-S", ticker_script, str(path), tag, str(seconds)] + (
-            ["--ignore-term"] if ignore_term else [])
-
-    return command
-
-
-def ticks(path):
-    """[(time, pid, tag)] in the order written; a line being written is skipped."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    found = []
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3:
-            found.append((float(parts[0]), int(parts[1]), parts[2]))
-    return found
-
-
-def wait_first_tick(path, timeout=20):
-    return wait_for(lambda: (ticks(path) or [None])[0], timeout, interval=0.01, message="a tick in %s" % path)
-
-
-def overlap_of(old_path, new_path, what):
-    old, new = ticks(old_path), ticks(new_path)
-    assert old, "the old holder's COMMAND never ticked"
-    assert new, "the new holder's COMMAND never ran"
-    overlap = max(t for t, dummy_pid, dummy_tag in old) - new[0][0]
-    print("\n[%s] overlap %+.3f s (%s)" % (what, overlap, "BOTH RAN AT ONCE" if overlap >= 0 else "never both at once"))
-    return overlap
-
-
-def kill_tickers(*paths):
-    for path in paths:
-        for pid in {pid for dummy_t, pid, dummy_tag in ticks(path)}:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-def finish(bg, timeout):
-    """bg.wait(timeout), or None when it is still running (so that the figures still get printed)."""
-    try:
-        return bg.wait(timeout)
-    except AssertionError:
-        return None
+def ticker(tmp_path_factory):
+    return Ticker(tmp_path_factory.mktemp("ticker"))
 
 
 def history(runner, name, hosts=None):
@@ -120,23 +49,16 @@ def history(runner, name, hosts=None):
     return json.loads(result.stdout)["runs"]
 
 
-def kazoo_client(hosts, timeout=10):
-    from kazoo.client import KazooClient
-
-    client = KazooClient(hosts=hosts, timeout=timeout)
-    client.start(timeout=20)
-    return client
-
-
-def close_client(client):
-    try:
-        client.stop()
-    finally:
-        client.close()
-
-
 def events(result):
     return [e for e, dummy in result.log_lines()]
+
+
+def start_a(runner, ticker, fa, proxy, session_timeout):
+    """A: the holder behind the proxy (--slot s1; its COMMAND ignores SIGTERM), once its COMMAND ticks."""
+    a = runner.start("job", ticker(fa, tag="A", ignore_term=True), "--slot", "s1",
+                     "--session-timeout", session_timeout, hosts=proxy.hosts)
+    wait_first_tick(fa, "A")
+    return a
 
 
 # --- 1. the old holder's record write after its session expired --------------------------------------------
@@ -159,10 +81,8 @@ def test_expired_holder_never_writes_over_its_successor(runner, zk_server, proxy
     proxy = proxy_factory(zk_server.port)
     fa, fb = runner.path("a"), runner.path("b")
     try:
-        a = runner.start("job", ticker(fa, "A", ignore_term=True), "--slot", "s1",
-                         "--session-timeout", session_timeout, hosts=proxy.hosts)
-        wait_first_tick(fa)
-        b = runner.start("job", ticker(fb, "B", seconds=0.3), "--slot", "s1", "--wait", 30,
+        a = start_a(runner, ticker, fa, proxy, session_timeout)
+        b = runner.start("job", ticker(fb, tag="B", duration=0.3), "--slot", "s1", "--wait", 30,
                          "--session-timeout", session_timeout)
         wait_for(lambda: len(runner.children(kazoo, "job")) == 2, 20, message="B to queue behind A")
         frozen_at = proxy.freeze()
@@ -173,7 +93,7 @@ def test_expired_holder_never_writes_over_its_successor(runner, zk_server, proxy
         a_res = finish(a, 20)
         runs = history(runner, "job")
         overlap = overlap_of(fa, fb, "expired holder thawed after its successor")
-        a_last = max(t for t, dummy_pid, dummy_tag in ticks(fa))
+        a_last = last_tick(fa)
         print("A's COMMAND last ticked %.3f s after the freeze; B started %.3f s after it; thawed %.3f s after it "
               "(A %s then)" % (
                   a_last - frozen_at, ticks(fb)[0][0] - frozen_at, thawed_at - frozen_at,
@@ -211,9 +131,7 @@ def test_expired_holder_leaves_the_slot_to_failover(runner, zk_server, proxy_fac
     proxy = proxy_factory(zk_server.port)
     fa, fb = runner.path("a"), runner.path("b")
     try:
-        a = runner.start("job", ticker(fa, "A", ignore_term=True), "--slot", "s1",
-                         "--session-timeout", session_timeout, hosts=proxy.hosts)
-        wait_first_tick(fa)
+        a = start_a(runner, ticker, fa, proxy, session_timeout)
         [node] = runner.children(kazoo, "job")
         frozen_at = proxy.freeze()
         # The server expires A's session (its contender goes) after the session timeout.
@@ -223,7 +141,7 @@ def test_expired_holder_leaves_the_slot_to_failover(runner, zk_server, proxy_fac
         a_running_at_thaw = a.poll() is None
         proxy.thaw()
         a_res = finish(a, 20)
-        b = runner.run("job", ticker(fb, "B", seconds=0.3), "--slot", "s1", "--session-timeout", session_timeout,
+        b = runner.run("job", ticker(fb, tag="B", duration=0.3), "--slot", "s1", "--session-timeout", session_timeout,
                        timeout=30)
         runs = history(runner, "job")
         print("\nA's contender %s gone %.3f s after the freeze; A %s at the thaw; A: exit %s; its log:\n%s"
@@ -252,18 +170,7 @@ def clamping_ensemble(request, tmp_path):
     """Three servers, tickTime 500 ms; servers 2 and 3 grant up to 20 s, server 1 at most 4 s."""
     ens = ZKEnsemble(str(tmp_path / "ensemble"), size=3, tick_time=500, init_limit=10, sync_limit=10,
                      max_session_timeout=20000, max_session_timeouts={1: 4000})
-    try:
-        modes = ens.start()
-    except zkharness.HarnessError as e:
-        ens.stop()
-        pytest.fail("cannot start the ensemble: %s" % e)
-    print("\nensemble modes %s" % modes)
-    marks = getattr(request.node, "_zk_log_marks", None)
-    if marks is None:
-        marks = request.node._zk_log_marks = []
-    marks.extend((ens[sid], 0) for sid in sorted(ens.peers))
-    yield ens
-    ens.stop()
+    yield from started_ensemble(request, ens, ens.start)
 
 
 @pytest.mark.timeout(60)
@@ -299,10 +206,10 @@ def test_session_timeout_renegotiated_at_a_reconnect(runner, clamping_ensemble, 
     fa, fb = runner.path("a"), runner.path("b")
     try:
         hosts = [to_first.hosts, "127.0.0.1:%d" % second_port]
-        a = runner.start("job", ticker(fa, "A", ignore_term=True), "--session-timeout", session_timeout,
+        a = runner.start("job", ticker(fa, tag="A", ignore_term=True), "--session-timeout", session_timeout,
                          hosts=",".join(hosts if first == 2 else hosts[::-1]))
-        wait_first_tick(fa)
-        b = runner.start("job", ticker(fb, "B", seconds=0.3), "--wait", 30, "--session-timeout", session_timeout,
+        wait_first_tick(fa, "A")
+        b = runner.start("job", ticker(fb, tag="B", duration=0.3), "--wait", 30, "--session-timeout", session_timeout,
                          hosts=ens.hosts([2, 3]))
         wait_for(lambda: len(runner.children(client, "job")) == 2, 20, message="B to queue behind A")
         acquired = [f for e, f in zkharness.parse_log(a.stderr) if e == "acquired"]
@@ -317,7 +224,7 @@ def test_session_timeout_renegotiated_at_a_reconnect(runner, clamping_ensemble, 
         b_res = finish(b, 30)
         a_res = finish(a, 20)
         overlap = overlap_of(fa, fb, "reconnected from server %d to server %d" % (first, second))
-        a_last = max(t for t, dummy_pid, dummy_tag in ticks(fa))
+        a_last = last_tick(fa)
         b_first = ticks(fb)[0][0] if ticks(fb) else float("nan")
         stopping = [line for line in (a_res.stderr if a_res else "").splitlines()
                     if line.startswith("zoo-locked: stopping ")]
@@ -347,129 +254,6 @@ def test_session_timeout_renegotiated_at_a_reconnect(runner, clamping_ensemble, 
 # --- 3. a ConnectionLoss on the contender's create -----------------------------------------------------------
 
 CREATE2 = 15  # ZooKeeper's opcode of a create that returns the Stat (kazoo's create with include_data=True)
-
-
-class ResetOnOpcode:
-    """A TCP proxy to ZooKeeper that breaks the connection at the Nth request of ``opcode`` a client sends: before
-    forwarding it (it never lands), or after the server's answer to it came back, which is dropped (it landed, and
-    the client cannot know)."""
-
-    def __init__(self, port, opcode, nth=1, landed=True):
-        self.target = ("127.0.0.1", port)
-        self.opcode, self.nth, self.landed = opcode, nth, landed
-        self.seen = 0
-        self.fired = None
-        self.dropped_answer = None
-        self.closed = False
-        self.accepted = 0
-        self.lock = threading.Lock()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.hosts = "127.0.0.1:%d" % self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                client, dummy = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _is_target(self, frame):
-        if len(frame) < 12 or struct.unpack(">i", frame[8:12])[0] != self.opcode:
-            return False
-        with self.lock:
-            self.seen += 1
-            if self.seen == self.nth and self.fired is None:
-                self.fired = time.time()
-                return True
-        return False
-
-    @staticmethod
-    def _frames(buffer):
-        """(complete frames, rest) of a byte stream of 4-byte length-prefixed frames."""
-        frames = []
-        while len(buffer) >= 4:
-            size = struct.unpack(">i", buffer[:4])[0]
-            if len(buffer) < 4 + size:
-                break
-            frames.append(buffer[:4 + size])
-            buffer = buffer[4 + size:]
-        return frames, buffer
-
-    def _swallow_answer(self, upstream, client, xid, pending):
-        """Pass the server's frames on until the answer to ``xid``, which is dropped (and the connection with it)."""
-        deadline = time.monotonic() + 5
-        while True:
-            frames, pending = self._frames(pending)
-            for frame in frames:
-                if struct.unpack(">i", frame[4:8])[0] == xid:
-                    self.dropped_answer = time.time()
-                    return
-                client.sendall(frame)
-            if time.monotonic() >= deadline:
-                return
-            if not select.select([upstream], [], [], 0.1)[0]:
-                continue
-            data = upstream.recv(65536)
-            if not data:
-                return
-            pending += data
-
-    def _pump(self, client, upstream):
-        # Both streams are cut into whole frames (a 4-byte length, then the frame), so that the server's answers are
-        # passed on frame by frame and the one to drop can be told by its xid.
-        from_client, from_server, handshake = b"", b"", True
-        try:
-            while not self.closed:
-                readable = select.select([client, upstream], [], [], 0.1)[0]
-                for s in readable:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    if s is upstream:
-                        frames, from_server = self._frames(from_server + data)
-                        for frame in frames:
-                            client.sendall(frame)
-                        continue
-                    frames, from_client = self._frames(from_client + data)
-                    for frame in frames:
-                        if handshake:  # the ConnectRequest has no xid nor opcode
-                            handshake = False
-                        elif self._is_target(frame):
-                            if self.landed:
-                                upstream.sendall(frame)
-                                self._swallow_answer(upstream, client, struct.unpack(">i", frame[4:8])[0],
-                                                     from_server)
-                            return
-                        upstream.sendall(frame)
-        except OSError:
-            return
-        finally:
-            for s in (client, upstream):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def close(self):
-        self.closed = True
-        self.listener.close()
 
 
 class ContenderSampler:
@@ -534,7 +318,7 @@ def test_connection_lost_on_the_contender_create(runner, zk, kazoo, tmp_path, la
     path = zk.lock_path("job")
     kazoo.ensure_path(path)  # so that the contender create is the runner's first Create2 (no makepath retry)
     before = kazoo.exists(path).cversion
-    proxy = ResetOnOpcode(zk.port, CREATE2, nth=1, landed=landed)
+    proxy = RequestProxy(zk.port, CREATE2, nth=1, when="answer" if landed else "before")
     count = str(tmp_path / "count")
     sampler = None
     try:
