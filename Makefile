@@ -6,12 +6,14 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup compile venv test test-unit test-sanity test-molecule bench demo demo-down clean
+.PHONY: help setup compile venv test test-unit test-sanity test-molecule bench soak demo demo-down clean
 
 help:
 	@echo "make venv       create .venv with the pinned requirements and .venv/bin/zoo-locked"
 	@echo "make test       all tests: pytest against a real ZooKeeper, then the Molecule cluster"
 	@echo "make bench      benchmarks; figures are printed and recorded in docs/benchmarks.md"
+	@echo "make soak       randomized faults against 5 runner nodes and a 3-server ensemble, then a history check"
+	@echo "                (SOAK_MINUTES=10, SEED=random; the short form is part of make test)"
 	@echo "make demo       a local three-node demo cluster, left up (see README.md)"
 	@echo "make demo-down  remove the demo cluster"
 
@@ -81,6 +83,13 @@ demo-down:
 bench: venv
 	$(PY) tests/bench/run.py | tee docs/benchmarks.md.tmp
 	mv docs/benchmarks.md.tmp docs/benchmarks.md
+
+# A randomized fault run with a history checker (tests/soak/soak.py, issue 13). The seed is printed first; a run with
+# violations exits 1 and keeps its history under .cache/soak/. tests/soak/test_soak.py is the short form.
+SOAK_MINUTES ?= 10
+SEED ?=
+soak: venv
+	$(PY) tests/soak/soak.py --minutes $(SOAK_MINUTES) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache
