@@ -99,6 +99,10 @@ def test_holder_killed_the_timeline_shows_the_takeover(runner):
         assert acquired is not None, [line.text for line in fleet.lines]
         assert fleet.watch(lambda line: sum(x.event == "waiting" for x in fleet.lines) >= 2, 30) is not None
         holder, first_token = acquired.node, acquired.fields["token"]
+        # "acquired" is logged before the run record is written; killed in between, the next holder finds no
+        # record of a run and has nothing to take over. Kill only once COMMAND has started (as the demo does).
+        started = fleet.watch(lambda line: line.node == holder and line.stream == "out", 30)
+        assert started is not None, [line.text for line in fleet.lines]
         fleet.mark(holder, "killed", "SIGKILL to the runner")
         fleet.procs[holder].send_signal(signal.SIGKILL)
         takeover = fleet.watch(lambda line: line.event == "failover", 30)
