@@ -14,7 +14,8 @@ __metaclass__ = type
 import math
 import os
 import re
-import time
+
+from ._clock import now  # noqa: F401  (one clock for every deadline: _clock.py)
 
 DEFAULT_CONFIG_FILE = "/etc/zoo-locked/zoo-locked.conf"
 CONFIG_SECTION = "zoo-locked"
@@ -70,16 +71,6 @@ HEARTBEAT_SHARE = 0.1
 TERM_SHARE = 0.5
 KILL_SHARE = 0.75
 KILL_LANDING = 0.25
-
-
-def now():
-    """Seconds on CLOCK_BOOTTIME: monotonic like time.monotonic, but it also counts the time the machine was
-    suspended, during which the servers may expire our session (time.monotonic stands still then). The same
-    clock in every process of the machine, so the runner and its guardian can share deadlines."""
-    try:
-        return time.clock_gettime(time.CLOCK_BOOTTIME)
-    except AttributeError:  # not Linux
-        return time.monotonic()
 
 
 def min_session_timeout(tick_time_ms):

@@ -32,107 +32,7 @@ import signal
 import sys
 
 from ._config import KILL_SHARE, TERM_SHARE, now
-
-SWEEP_ROUNDS = 20  # a daemon that forks while it is being killed is looked for again, this many times at most
-
-
-MARK_VAR = "ZOO_LOCKED_RUNS"
-
-
-def marker_of(name, token):
-    return "%s:%d" % (name, int(token))
-
-
-def _group_of(pid):
-    """The process group id of ``pid`` (from /proc; a zombie's too), or None when it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[2])
-    except (IOError, OSError, IndexError, ValueError):
-        return None
-
-
-def _read(path):
-    """The whole content of a /proc file with a NUL in front, or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    chunks = [b"\0"]
-    try:
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def marked_pids(marker, skip=()):
-    """[(pid, pgid)] of the processes whose environment carries ``marker`` in ZOO_LOCKED_RUNS.
-
-    COMMAND's ZOO_LOCKED_RUNS is the runner's own (if it runs inside another locked COMMAND) plus this run's
-    marker, so a zoo-locked run nested in a job is found by the outer run's sweep too. The group is read right
-    after the environment: a process that forks and exits at once may be gone a moment later, its group not.
-    """
-    wanted = marker.encode("utf-8")
-    prefix = b"\0" + MARK_VAR.encode("ascii") + b"="
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in skip:
-            continue
-        environ = _read("/proc/%s/environ" % entry)  # os-level reads: this runs between COMMAND's end and the release
-        if environ is None:
-            continue  # gone, a zombie, or not ours to read
-        at = environ.find(prefix)
-        if at >= 0 and wanted in environ[at + len(prefix):].split(b"\0", 1)[0].split(b" "):
-            found.append((int(entry), _group_of(int(entry))))
-    return found
-
-
-def kill_run(pgid, marker, skip=()):
-    """SIGKILL COMMAND's process group and every process that carries the run's marker; how many were signalled.
-
-    A marked process is killed with its whole process group when the group is its own (made by it or by another
-    marked process whose leader is gone): the group kill takes at once the members that the sweep has not seen
-    yet, children forked between its read of /proc and its kill.
-    """
-    killed = 0
-    if pgid:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-            killed += 1
-        except OSError:
-            pass
-    if marker:
-        skip = set(skip) | {os.getpid()}
-        groups_killed = {pgid, os.getpgrp()}
-        for dummy in range(SWEEP_ROUNDS):
-            found = marked_pids(marker, skip)
-            if not found:
-                break
-            pids = [pid for pid, dummy_group in found]
-            for pid, group in found:
-                if group is not None and group not in groups_killed:
-                    leader = _group_of(group)
-                    if leader != group or group in pids:  # the leader is gone, or marked: the group is the run's
-                        groups_killed.add(group)
-                        try:
-                            os.killpg(group, signal.SIGKILL)
-                            killed += 1
-                        except OSError:
-                            pass
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed += 1
-                except OSError:
-                    pass
-                skip.add(pid)  # dead or dying (a zombie until reaped, which keeps no environment)
-    return killed
-
+from ._guardian import MARK_VAR, _guardian_main, kill_run, marker_of
 
 class Guardian:
     """The runner's side of the dead-man switch: forks the guardian and talks to it through a pipe.
@@ -142,9 +42,9 @@ class Guardian:
     ``done`` (COMMAND and everything it started are gone). The pipe never blocks the runner: a guardian that
     cannot read (stopped) just misses renewals, which only makes it kill sooner.
 
-    Until the marker comes, the guardian is the forked copy of the runner, idle: most runs never start COMMAND
-    (the lock is held elsewhere, the slot is done), and they cost no more than a fork. With the marker it becomes
-    a fresh interpreter (``_exec_guardian``).
+    The guardian becomes a fresh interpreter at once (``_start_guardian``): its start-up, about 8 ms of CPU, runs
+    beside the runner's import of kazoo instead of between the lock and COMMAND. Runs that never start COMMAND
+    (the lock is held elsewhere, the slot is done) pay it too; their guardian ends when the pipe closes.
     """
 
     def __init__(self):
@@ -156,7 +56,7 @@ class Guardian:
                 os.close(write_end)
                 os.setsid()
                 if os.fork() == 0:
-                    _await_marker(read_end)
+                    _start_guardian(read_end)
             except BaseException:
                 code = 1
             os._exit(code)
@@ -196,31 +96,29 @@ class Guardian:
             self.fd = None
 
 
-# The guardian's program: a fresh interpreter (see _exec_guardian) that imports this module from the folder and
-# package named in its environment and runs _guardian_main on the pipe whose number it is given, with what was
-# read from the pipe before.
-GUARDIAN_CODE = ("import os, sys; where, package, pending = os.environ.pop('ZL_GUARDIAN').split('|', 2); "
-                 "sys.path.insert(0, where); __import__(package + '._supervisor', fromlist=['_'])._guardian_main("
-                 "int(sys.argv[1]), pending.encode())")
+# The guardian's program: a fresh interpreter (see _exec_guardian) that imports _guardian from the folder and
+# package named in its environment and runs _guardian_main on the pipe whose number it is given.
+GUARDIAN_CODE = ("import os, sys; where, package = os.environ.pop('ZL_GUARDIAN').split('|', 1); "
+                 "sys.path.insert(0, where); __import__(package + '._guardian', fromlist=['_'])._guardian_main("
+                 "int(sys.argv[1]))")
 
 
-def _await_marker(read_end):
-    """The guardian as a forked copy of the runner: wait for the marker (COMMAND is about to start), then become a
-    fresh interpreter; end when the runner goes without one (nothing was started). Never returns."""
-    pending = b""
+def _start_guardian(read_end):
+    """In the forked child: become the guardian at once, a fresh interpreter started while the runner imports
+    kazoo and connects (on a machine with two cores its start-up is then off the run's path: a run that starts
+    COMMAND finds it ready; the hand-over to a waiting runner does not wait for it). Never returns."""
     try:
-        while b"\n" not in pending:
-            chunk = os.read(read_end, 4096)
-            if not chunk:
-                os._exit(0)
-            pending += chunk
-        _exec_guardian(read_end, pending)
+        # Ignored here, before the exec (an ignored signal stays ignored across exec): the guardian itself does
+        # not import `signal` (with `enum`, it would double the guardian's start-up time).
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(signum, signal.SIG_IGN)
+        _exec_guardian(read_end)
     except BaseException:
         pass
-    _guardian_main(read_end, pending)
+    _guardian_main(read_end)
 
 
-def _exec_guardian(read_end, pending):
+def _exec_guardian(read_end):
     """Become the guardian: a new interpreter whose command line does not name zoo-locked, so that
     `pkill -f zoo-locked` or `pkill -f python`, aimed at runners, leaves the dead-man switch alone (its name,
     zl-guardian, keeps it out of `pkill zoo-locked` and `killall python3` too). Returns only if the exec fails."""
@@ -228,66 +126,9 @@ def _exec_guardian(read_end, pending):
     where = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for dummy in range(package.count(".")):
         where = os.path.dirname(where)
-    os.environ["ZL_GUARDIAN"] = "%s|%s|%s" % (where, package, pending.decode("utf-8"))
+    os.environ["ZL_GUARDIAN"] = "%s|%s" % (where, package)
     os.set_inheritable(read_end, True)
     os.execv(sys.executable, ["zl-guardian", "-I", "-S", "-c", GUARDIAN_CODE, str(read_end)])
-
-
-def _guardian_main(read_end, pending=b""):
-    """The guardian's whole life, from the messages in ``pending`` on; never returns."""
-    try:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(signum, signal.SIG_IGN)
-        try:  # its own name, so that `pkill zoo-locked` (which matches names) leaves the dead-man switch alone
-            with open("/proc/self/comm", "w") as comm:
-                comm.write("zl-guardian")
-        except (IOError, OSError):
-            pass
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)  # keep no output pipe of cron's open
-        for fd in [int(fd) for fd in os.listdir("/proc/self/fd")]:
-            if fd > 2 and fd not in (read_end, null):
-                try:
-                    os.close(fd)  # nor anything else the runner was given
-                except OSError:
-                    pass
-        pgid = marker = deadline = None
-        done = False
-        ready = True  # what is pending first
-        while True:
-            if ready:
-                lines = pending.split(b"\n")
-                pending = lines.pop()
-                for line in lines:
-                    words = line.split()
-                    if words[:1] == [b"m"] and len(words) == 2:
-                        marker = words[1].decode("utf-8")
-                    elif words[:1] == [b"g"] and len(words) == 2:
-                        pgid = int(words[1])
-                    elif words[:1] == [b"d"] and len(words) == 2:
-                        deadline = float(words[1])
-                    elif words == [b"done"]:
-                        done = True
-                        pgid = marker = deadline = None
-            if deadline is not None and (pgid or marker) and now() >= deadline:
-                kill_run(pgid, marker)
-                deadline = None  # until the runner says more, or goes
-            armed = deadline is not None and (pgid or marker)
-            try:
-                ready = select.select([read_end], [], [], max(0.0, deadline - now()) if armed else None)[0]
-            except InterruptedError:
-                ready = []
-            if ready:
-                chunk = os.read(read_end, 4096)
-                if not chunk:  # the runner is gone: if it did not say "done", COMMAND may be running unlocked
-                    if not done:
-                        kill_run(pgid, marker)
-                    break
-                pending += chunk
-    except BaseException:
-        pass
-    os._exit(0)
 
 
 class Supervisor:
