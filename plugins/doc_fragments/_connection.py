@@ -76,6 +76,7 @@ options:
     description:
       - CA certificate (PEM file) to check the servers' certificates with; absolute path on the host that runs the
         module. When not set, the runner's C(tls_ca_cert) setting.
+      - When set, it is the only CA trusted (the system's trust store is not used besides).
     type: path
   tls_client_cert:
     description: Client certificate (PEM file). When not set, the runner's C(tls_client_cert) setting.

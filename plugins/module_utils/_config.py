@@ -221,6 +221,8 @@ def check_setting(key, value, where):
         value = str(value)
         if not value.startswith("/"):
             raise ConfigError("%s: must be an absolute directory path, got %r" % (where, value))
+        if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in value):
+            raise ConfigError("%s: must be a directory path without control characters, got %r" % (where, value))
         return value
     low, high = TIMEOUT_BOUNDS[key]
     return check_seconds(value, where, low, high)

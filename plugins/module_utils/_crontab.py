@@ -28,10 +28,16 @@ LOCK_MODES = ("exclusive", "none")
 STATES = ("present", "absent")
 SPECIAL_SCHEDULES = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
+# Every pattern is matched against the whole text (fullmatch): with re.match, "$" also matches before a final
+# newline, and "MAILTO\n" would pass as a name and break the file (cron then ignores all of it).
 # Portable user names (POSIX plus the usual Debian and systemd allowances); existence is checked on the nodes.
-USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-FORBIDDEN_CHARS = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte"}
+USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Control characters (C0 but the tab, DEL, C1): a newline or carriage return ends a cron line early, a NUL cuts
+# it, and the others are never meant in a crontab (an escape sequence pasted from a terminal, say). The tab is a
+# blank to cron and the shell, and stays allowed.
+CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte"}
 
 # The runner's own default for --kill-after (seconds), used to size the automatic wait.
 RUNNER_KILL_AFTER = 10
@@ -50,7 +56,8 @@ _FIELDS = (
     ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
     ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
 )
-_ITEM_RE = re.compile(r"^(?:(\*)|([A-Za-z0-9]+)(?:-([A-Za-z0-9]+))?)(?:/([0-9]+))?$")
+_ITEM_RE = re.compile(r"(?:(\*)|([A-Za-z0-9]+)(?:-([A-Za-z0-9]+))?)(?:/([0-9]+))?")
+_WORD_RE = re.compile(r"[A-Za-z0-9_./=:@+,-]+")
 
 HEADER = (
     "# /etc/cron.d/zoo-locked: managed by Ansible (role zoolocked.cron.crontab); local changes are overwritten.\n"
@@ -88,7 +95,13 @@ def _number(value):
 
 
 def _forbidden(text):
-    return [label for char, label in FORBIDDEN_CHARS.items() if char in text]
+    """What control characters ``text`` holds, each named once ("a newline", "the control character U+001B")."""
+    labels = []
+    for char in CONTROL_RE.findall(text):
+        label = CONTROL_NAMES.get(char, "the control character U+%04X" % ord(char))
+        if label not in labels:
+            labels.append(label)
+    return labels
 
 
 def _field_value(token, names):
@@ -103,6 +116,10 @@ def schedule_errors(schedule):
     """Problems with a cron schedule: five fields, or one of the @ keywords. Empty list when valid."""
     if not isinstance(schedule, str):
         return ["expected a string such as '*/5 * * * *' or '@hourly', got %s" % type(schedule).__name__]
+    controls = _forbidden(schedule)
+    if controls:
+        return ["contains %s; write the schedule on one line, its fields separated by spaces (got %r)"
+                % (" and ".join(controls), schedule)]
     fields = schedule.split()
     if len(fields) == 1 and fields[0].startswith("@"):
         if fields[0] in SPECIAL_SCHEDULES:
@@ -114,7 +131,7 @@ def schedule_errors(schedule):
     errors = []
     for text, (label, low, high, names) in zip(fields, _FIELDS):
         for item in text.split(","):
-            match = _ITEM_RE.match(item)
+            match = _ITEM_RE.fullmatch(item)
             if not match:
                 errors.append("%s field %r: %r is not '*', a value, a range 'a-b', or either with '/step'"
                               % (label, text, item))
@@ -263,11 +280,13 @@ def normalize_jobs(jobs, defaults=None):
             problem("command", "empty")
         else:
             for label in _forbidden(command):
-                problem("command", "contains %s; cron commands are one line (use a script for more)" % label)
+                problem("command", "contains %s; cron commands are one line of text (use a script for more, or "
+                                   "printf escapes such as \\033 for control characters)" % label)
 
         user = job.get("user", defaults.get("user", "root"))
-        if not isinstance(user, str) or not USER_RE.match(user):
-            problem("user", "%r is not a valid user name" % (user,))
+        if not isinstance(user, str) or not USER_RE.fullmatch(user):
+            problem("user", "%r is not a valid user name: 1-32 of A-Z a-z 0-9 _ . -, not starting with . or -"
+                    % (user,))
 
         lock = job.get("lock", defaults.get("lock", "exclusive"))
         if lock not in LOCK_MODES:
@@ -325,15 +344,17 @@ def normalize_jobs(jobs, defaults=None):
             environment = {}
         env = {}
         for var, value in environment.items():
-            if not isinstance(var, str) or not ENV_NAME_RE.match(var):
-                problem("environment", "%r is not a valid variable name" % (var,))
+            if not isinstance(var, str) or not ENV_NAME_RE.fullmatch(var):
+                problem("environment", "%r is not a valid variable name: A-Z a-z 0-9 _, not starting with a digit"
+                        % (var,))
                 continue
             if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
                 problem("environment", "%s: expected a string, got %s" % (var, type(value).__name__))
                 continue
             value = str(value)
             for label in _forbidden(value):
-                problem("environment", "%s contains %s" % (var, label))
+                problem("environment", "%s contains %s; a cron line is one line of text (let the command read "
+                                       "such a value from a file)" % (var, label))
             env[var] = value
 
         if options.get("retry_failed") and not slotted:
@@ -423,7 +444,7 @@ def job_argv(job, runner="/usr/local/bin/zoo-locked", shell="/bin/sh", env_comma
 
 def _word(word):
     # Plain words stay readable; anything else is quoted.
-    if word and re.match(r"^[A-Za-z0-9_./=:@+,-]+$", word):
+    if word and _WORD_RE.fullmatch(word):
         return word
     return shell_quote(word)
 
@@ -436,15 +457,20 @@ def env_line(name, value):
     few values cron would alter (trailing blanks, surrounding quotes) are refused rather than changed.
     """
     problems = []
-    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-        problems.append("crontab_environment: %r is not a valid variable name" % (name,))
+    if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+        problems.append("crontab_environment: %r is not a valid variable name: A-Z a-z 0-9 _, not starting with a "
+                        "digit" % (name,))
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         problems.append("crontab_environment: %s: expected a string, got %s" % (name, type(value).__name__))
     else:
         value = str(value)
-        problems += ["crontab_environment: %s contains %s" % (name, label) for label in _forbidden(value)]
+        controls = ["crontab_environment: %s contains %s; an environment line of cron is one line of text"
+                    % (name, label) for label in _forbidden(value)]
+        problems += controls
         # Debian's cron unquotes the value, trims trailing blanks, then strips one more pair of matching quotes.
-        if '"' in value and "'" in value:
+        if controls:
+            pass
+        elif '"' in value and "'" in value:
             problems.append("crontab_environment: %s: cron cannot read a value holding both ' and \"" % name)
         elif value != value.rstrip():
             problems.append("crontab_environment: %s: cron drops trailing blanks of a value" % name)
@@ -459,23 +485,29 @@ def env_line(name, value):
 def render(jobs, runner="/usr/local/bin/zoo-locked", environment=None, defaults=None, metrics_dir=None):
     """The whole cron.d file for ``jobs`` (raw, as the role receives them): validated, deterministic."""
     normalized = normalize_jobs(jobs, defaults)
+    # The settings of the whole file: every problem at once.
+    errors = []
+    if not isinstance(runner, str) or not runner.startswith("/") or _forbidden(runner):
+        errors.append("crontab_runner: %r is not an absolute path on one line; give the runner's path on the nodes, "
+                      "such as /usr/local/bin/zoo-locked" % (runner,))
     if metrics_dir is not None and (not isinstance(metrics_dir, str) or metrics_dir and (
             not metrics_dir.startswith("/") or _forbidden(metrics_dir))):
-        raise CrontabError(["crontab_metrics_dir: %r is not an absolute path; give one such as "
-                            "/var/lib/node_exporter/textfile, or leave it empty for no metrics" % (metrics_dir,)])
+        errors.append("crontab_metrics_dir: %r is not an absolute path on one line; give one such as "
+                      "/var/lib/node_exporter/textfile, or leave it empty for no metrics" % (metrics_dir,))
     lines = [HEADER]
     if environment:
         if not isinstance(environment, dict):
-            raise CrontabError(["crontab_environment: expected a mapping, got %s" % type(environment).__name__])
-        env_lines, errors = [], []
+            raise CrontabError(errors + ["crontab_environment: expected a mapping, got %s"
+                                         % type(environment).__name__])
+        env_lines = []
         for name in sorted(environment, key=str):
             try:
                 env_lines.append(env_line(name, environment[name]) + "\n")
             except CrontabError as exc:
                 errors += exc.errors
-        if errors:
-            raise CrontabError(errors)
         lines.append("".join(env_lines))
+    if errors:
+        raise CrontabError(errors)
     errors = []
     for job in normalized:
         argv = job_argv(job, runner, metrics_dir=metrics_dir)

@@ -60,6 +60,31 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+def shown(value):
+    """``value`` as one word of a line of text: as it is when plain, else JSON-quoted, every control character
+    escaped (``\\u001b``, ``\\n``, ``\\r``).
+
+    Text read from ZooKeeper (a holder's host, owner or purpose, a run record) may have been written by anyone who
+    can reach the servers: raw, an escape sequence in it would rewrite the reader's terminal, and a line end would
+    forge a line of output or of the log.
+    """
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in " \"'=\\"):
+        return text
+    import json
+
+    # ensure_ascii escapes every character above 0x7e but leaves DEL itself.
+    return json.dumps(text).replace("\x7f", "\\u007f")
+
+
+def printable(value):
+    """``value`` with its non-printable characters escaped as Python writes them (``\\x1b``, ``\\n``)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Log:
     """One line per event on stderr (and syslog with --syslog): ``zoo-locked: EVENT key=value ...``."""
 
@@ -77,12 +102,7 @@ class Log:
     def _value(value):
         if isinstance(value, float):
             return "%.3fs" % value
-        text = str(value)
-        if not text or any(c in text for c in " \t\n\"'=\\"):
-            import json
-
-            return json.dumps(text)
-        return text
+        return shown(value)
 
     def __call__(self, event, **fields):
         line = "zoo-locked: " + event
@@ -179,7 +199,7 @@ options:
   --timeout SECONDS         longest run: then SIGTERM to COMMAND's process group (exit 124)
   --kill-after SECONDS      SIGKILL this long after a SIGTERM that was not obeyed (default 10)
   --owner TEXT              who runs it, shown to others (default: the user name)
-  --purpose TEXT            free text shown to others (default: the command line)
+  --purpose TEXT            free text shown to anyone who can read ZooKeeper (default: none)
   --syslog                  log events to syslog (facility cron) too
   -h, --help                show this help and exit
 
@@ -474,6 +494,10 @@ class Runner:
                 self.session.close(timeout=2.0)
             self.guardian.done()
             if self.settings.get("metrics_dir") and self.metrics:
+                # The lock is withdrawn and the session closed: only the metrics are left to lose, so a signal
+                # ends the runner again rather than being ignored, should the write ever block (a hung disk).
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_DFL)
                 self._write_metrics()
 
     def _write_metrics(self):
@@ -550,7 +574,9 @@ class Runner:
                 owner = pwd.getpwuid(os.geteuid()).pw_name
             except KeyError:
                 owner = str(os.geteuid())
-        purpose = options.purpose if options.purpose is not None else " ".join(self.command)[:200]
+        # Readable by anyone who can reach ZooKeeper (world:anyone READ): never the command line, which may hold a
+        # job's secrets (the crontab role puts its environment there). Only what the user chose to show.
+        purpose = options.purpose if options.purpose is not None else ""
         extra = {"slot": self.slot} if self.slot is not None else {}
         # Told to stop (a forced release), or cut off and never told, COMMAND is dead within one session timeout:
         # a forced release waits that long for us before it deletes our node (docs/modules.md).
@@ -703,6 +729,14 @@ def _ask(settings, log, work):
         session.close(timeout=2.0)
 
 
+def _write_json(document, sort_keys=False):
+    """``document`` as JSON on stdout. ensure_ascii escapes every control character but DEL: that one too, so
+    that no text read from ZooKeeper reaches a terminal raw (the JSON means the same)."""
+    import json
+
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=sort_keys).replace("\x7f", "\\u007f") + "\n")
+
+
 def status(options, settings, log):
     from ._lock import status as lock_status
 
@@ -711,23 +745,22 @@ def status(options, settings, log):
     if code is not None:
         return code
     if options.json:
-        import json
-
-        json.dump({"root": settings["root"], "locks": locks}, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        _write_json({"root": settings["root"], "locks": locks}, sort_keys=True)
         return 0
     if not locks:
         sys.stdout.write("no locks under %s\n" % settings["root"])
     for lock in locks:
         rows = ([("held", lock["holder"])] if lock["holder"] else [("free", None)]) + [("waiting", w) for w in lock["waiters"]]
         for state, who in rows:
+            # Everything but the state comes from ZooKeeper, written by whoever made the node: escaped.
             if who is None:
-                sys.stdout.write("%-30s %s\n" % (lock["name"], state))
+                sys.stdout.write("%-30s %s\n" % (shown(lock["name"]), state))
             else:
                 sys.stdout.write(
                     "%-30s %-8s host=%s pid=%s owner=%s since=%s token=%s purpose=%s\n"
-                    % (lock["name"], state, who["host"], who["pid"], who["owner"], who["since"], who["token"],
-                       Log._value(who["purpose"] or "-"))
+                    % tuple([shown(lock["name"]), state] + [shown("-" if who.get(key) in (None, "") else who[key])
+                                                            for key in ("host", "pid", "owner", "since", "token",
+                                                                        "purpose")])
                 )
     return 0
 
@@ -740,19 +773,17 @@ def history(options, settings, log):
     if code is not None:
         return code
     if options.json:
-        import json
-
-        json.dump({"name": options.name, "runs": runs}, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        _write_json({"name": options.name, "runs": runs}, sort_keys=True)
         return 0
     if not runs:
         sys.stdout.write("no runs recorded for %s\n" % options.name)
     for run in runs:
-        attempts = run.get("attempts") or []
-        last = attempts[-1] if attempts else {}
-        sys.stdout.write("%-18s %-10s host=%s duration=%s exit=%s token=%s attempts=%d\n" % (
-            run.get("slot"), run.get("state"), last.get("host", "-"), last.get("duration", "-"),
-            last.get("exit", "-"), last.get("token", "-"), len(attempts)))
+        attempts = run.get("attempts") if isinstance(run.get("attempts"), list) else []
+        last = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
+        # A run record is written by whoever could write it: every field is escaped.
+        sys.stdout.write("%-18s %-10s host=%s duration=%s exit=%s token=%s attempts=%d\n" % tuple(
+            [shown(run.get("slot")), shown(run.get("state"))]
+            + [shown(last.get(key, "-")) for key in ("host", "duration", "exit", "token")] + [len(attempts)]))
     return 0
 
 
@@ -775,14 +806,12 @@ def acl(options, settings, log):
         return code
     paths, problems = found
     if options.json:
-        import json
-
-        json.dump({"root": settings["root"], "checked": len(paths),
-                   "weak": [{"path": p, "problem": why} for p, why in problems]}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _write_json({"root": settings["root"], "checked": len(paths),
+                     "weak": [{"path": p, "problem": why} for p, why in problems]})
     else:
         for path, why in problems:
-            sys.stdout.write("%s: %s\n" % (path, why))
+            # The ids in an ACL are whatever its author set.
+            sys.stdout.write("%s: %s\n" % (printable(path), printable(why)))
         sys.stdout.write("%d nodes checked under %s, %d with weaker ACLs\n" % (len(paths), settings["root"], len(problems)))
     return 1 if problems else 0
 

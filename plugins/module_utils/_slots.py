@@ -147,7 +147,7 @@ class Records:
             record = json.loads(data.decode("utf-8"))
         except ValueError:
             record = None
-        if not isinstance(record, dict):
+        if not _well_formed(record):  # not ours, or written by someone else (an open tree can be written by anyone)
             record = {"slot": slot, "state": "unreadable", "attempts": []}
         return record, stat.version
 
@@ -278,9 +278,17 @@ def new_attempt(token):
             "started": time.time(), "end": None, "exit": None, "state": "running"}
 
 
+def _well_formed(record):
+    """Whether a run record has the shape this module writes: a state, and attempts that are mappings."""
+    if not isinstance(record, dict) or not isinstance(record.get("state"), str):
+        return False
+    attempts = record.get("attempts", [])
+    return isinstance(attempts, list) and all(isinstance(attempt, dict) for attempt in attempts)
+
+
 def summary(record):
     """One line about who ran a slot, for the log."""
-    attempts = record.get("attempts") or []
+    attempts = record.get("attempts") if _well_formed(record) else None
     last = attempts[-1] if attempts else {}
     return "%s by %s (token %s, exit %s, ended %s)" % (
         record.get("state"), last.get("host", "?"), last.get("token"), last.get("exit"), last.get("end"))

@@ -62,6 +62,36 @@ def tls_options(settings):
     }
 
 
+def pinned_tls_connection(address, hostname=None, timeout=None, use_ssl=True, ca=None, certfile=None, keyfile=None,
+                          keyfile_password=None, verify_certs=True, check_hostname=False, **dummy_kwargs):
+    """A TLS connection to a server whose certificate the CA file ``ca`` alone vouches for.
+
+    kazoo's handler (2.11) loads the system's default CA store before ``ca``, so a server certified by any CA the
+    system trusts would pass. This is kazoo's TLS connect (same arguments, the same client certificate rule)
+    with a context that trusts ``ca`` only, and TLS 1.2 at least.
+    """
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname  # before verify_mode: CERT_NONE needs it off
+    context.verify_mode = ssl.CERT_REQUIRED if verify_certs else ssl.CERT_NONE
+    context.load_verify_locations(cafile=ca)
+    if certfile and keyfile:
+        context.load_cert_chain(certfile=certfile, keyfile=keyfile, password=keyfile_password)
+    family = socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM)[0][0]
+    sock = context.wrap_socket(socket.socket(family), server_hostname=hostname)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _credential(auth):
     """(scheme, user, password) of the first digest or sasl credential, or None."""
     for scheme, credential in auth or ():
@@ -180,6 +210,8 @@ class Session:
         def capped_create_connection(*args, **kwargs):
             if kwargs.get("timeout") is not None:
                 kwargs["timeout"] = min(kwargs["timeout"], max(1.0, self.session_timeout / 4.0))
+            if kwargs.get("use_ssl") and kwargs.get("ca"):  # tls_ca_cert pins the CA (kazoo adds the system's)
+                return pinned_tls_connection(*args, **kwargs)
             return create_connection(*args, **kwargs)
 
         handler.create_connection = capped_create_connection

@@ -74,6 +74,8 @@ CASES = [
      "[zoo-locked]\nauth = digest:cluster:pw\n", 78, ["chmod o-rwx"]),
     ("config file: relative metrics_dir", "config", ["true"], {}, "[zoo-locked]\nmetrics_dir = metrics\n", 78,
      ["metrics_dir", "absolute"]),
+    ("config file: metrics_dir with a control character", "config", ["true"], {},
+     "[zoo-locked]\nmetrics_dir = /var/lib/zl\x1b[2Jmetrics\n", 78, ["metrics_dir", "without control characters"]),
     ("config file is a directory", "config-dir", ["true"], {}, "", 78, ["cannot read"]),
     ("ZooKeeper unreachable", "unreachable", ["true"], {}, None, 69, ["no ZooKeeper server", "connect timeout"]),
     ("root below an ephemeral node", "ephemeral-root", ["true"], {}, None, 78, ["ephemeral", "persistent"]),

@@ -225,3 +225,47 @@ def test_no_secret_in_process_list_logs_or_command_environment(runner):
     bg.signal(15)
     result = bg.wait(15)
     assert PASSWORD not in result.stderr + result.stdout
+
+
+def _whole_tree(client, root):
+    """{path: data} of every node under (and including) ROOT, read as ``client``."""
+    found, level = {}, [root]
+    while level:
+        path = level.pop()
+        data, dummy_stat = client.get(path)
+        found[path] = data
+        level.extend("%s/%s" % (path, child) for child in client.get_children(path))
+    return found
+
+
+def test_no_command_line_or_environment_value_is_stored_in_zookeeper(runner, outsider, tmp_path):
+    # As the crontab role renders a job: its environment after "--", then the shell and the command line.
+    secret, env_secret = "Cmd-Secret-4e1", "Env-Secret-7a2"
+    record, ready, metrics = runner.path("runs"), runner.path("ready"), tmp_path / "metrics"
+    metrics.mkdir()
+    command = ["/usr/bin/env", "DB_PASSWORD=" + env_secret] + runner.worker(record=record, ready=ready, sleep=60,
+                                                                            tag=secret)
+    holder = runner.start("dump", command, "--slot", "s1", "--metrics-dir", str(metrics), env=_auth_env())
+    wait_for(lambda: os.path.exists(ready), 15, message="COMMAND to start")
+    while_running = _whole_tree(outsider, runner.zk.root)
+    (contender,) = [p for p in while_running if "__lock__" in p]
+    assert json.loads(while_running[contender].decode())["purpose"] == ""
+    # What docs/architecture.md says anyone can read: the lock node carries no data, and an ACL shows the cluster's
+    # user name but not its password hash.
+    assert while_running[runner.zk.root + "/locks/dump"] == b""
+    acls, dummy_stat = outsider.get_acls(contender)
+    assert sorted((a.id.scheme, a.id.id, a.perms) for a in acls) == [("digest", "cluster:x", 31),
+                                                                     ("world", "anyone", 1)], acls
+    holder.signal(15)
+    assert holder.wait(15).returncode == 143
+    # What anyone may read, while the job ran and after it: no secret in any node's name or data.
+    after = _whole_tree(outsider, runner.zk.root)
+    assert runner.zk.root + "/runs/dump/s1" in after
+    for tree in (while_running, after):
+        for path, data in tree.items():
+            for text in (secret, env_secret, "DB_PASSWORD", "worker.py"):
+                assert text not in path and text.encode() not in data, (text, path, data)
+    # Nor in the metrics, which node_exporter serves to whoever asks.
+    for name in os.listdir(str(metrics)):
+        content = (metrics / name).read_text()
+        assert secret not in content and env_secret not in content, content

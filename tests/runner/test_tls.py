@@ -129,3 +129,29 @@ def test_plain_client_cannot_talk_to_a_tls_port(runner, tls_server):
     result = runner.raw(["run", "tls-job", "--hosts", "127.0.0.1:%d" % tls_server.port, "--root", "/tls",
                          "--connect-timeout", "2", "--", "touch", marker])
     assert result.returncode == 69 and not os.path.exists(marker), result
+
+
+def test_tls_ca_cert_pins_the_ca_even_if_the_system_trusts_the_servers(runner, tls_server, pki, tmp_path,
+                                                                       bad_input_table):
+    """The system's trust store (SSL_CERT_FILE here) holds the CA that signed the server's certificate: without
+    tls_ca_cert the runner trusts it (the control), but with tls_ca_cert naming another CA it must not
+    (issue 18, item 7: kazoo loads the system's store besides tls_ca_cert)."""
+    client = {}
+    if tls_server.client_auth == "need":
+        client.update(tls_client_cert=pki / "client.crt", tls_client_key=pki / "client.key")
+    env = {"SSL_CERT_FILE": str(pki / "ca.pem"), "SSL_CERT_DIR": str(tmp_path)}
+    for keys, code in (({}, 0), ({"tls_ca_cert": pki / "stranger.pem"}, 69)):
+        marker = runner.path("ran")
+        config = _config(tmp_path, tls_server.port, **dict(client, **keys))
+        result = runner.raw(["run", "tls-job", "--root", "/tls", "--config", config, "--connect-timeout", "2",
+                             "--", "touch", marker], env=env)
+        assert result.returncode == code, (keys, result)
+        assert os.path.exists(marker) == (code == 0), (keys, result)
+        if code:
+            assert "TLS is on" in result.stderr and "tls_ca_cert signed" in result.stderr
+            if tls_server.client_auth == "need":
+                bad_input_table.add(
+                    "runner", "tls_ca_cert naming a CA that did not sign the server's certificate, while the "
+                    "system's trust store (SSL_CERT_FILE) holds the CA that did", "exit %d" % code,
+                    result.stderr.replace("zoo-locked: ", "", 1).replace(str(tls_server.port), "PORT"),
+                    "COMMAND not run")
