@@ -15,8 +15,6 @@ import math
 import os
 import re
 
-from ._clock import now  # noqa: F401  (one clock for every deadline: _clock.py)
-
 DEFAULT_CONFIG_FILE = "/etc/zoo-locked/zoo-locked.conf"
 CONFIG_SECTION = "zoo-locked"
 

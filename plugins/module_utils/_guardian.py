@@ -118,7 +118,6 @@ def kill_run(pgid, marker, skip=()):
     return killed
 
 
-
 def _guardian_main(read_end, pending=b""):
     """The guardian's whole life, from the messages in ``pending`` on; never returns."""
     try:  # SIGTERM, SIGINT, SIGHUP and SIGPIPE are ignored already (_supervisor._await_marker)
@@ -172,5 +171,3 @@ def _guardian_main(read_end, pending=b""):
     except BaseException:
         pass
     os._exit(0)
-
-

@@ -28,7 +28,8 @@ import threading
 import time
 import uuid
 
-from ._config import HEARTBEAT_SHARE, now
+from ._clock import now
+from ._config import HEARTBEAT_SHARE
 from ._zk import ZooError
 
 try:
@@ -433,7 +434,7 @@ class Guard:
     Every heartbeat (HEARTBEAT_SHARE of the session timeout) it sends a ``sync`` and then reads our contender
     node, pipelined. A sync is answered only through the leader, which alone expires sessions, and it checks the
     session there; a follower cut off from the leader answers reads, not syncs. ``last_ok`` is the time (on
-    ``_config.now``, which counts suspend) at which the last heartbeat that came back with our node was *sent*:
+    ``_clock.now``, which counts suspend) at which the last heartbeat that came back with our node was *sent*:
     the leader heard from us no earlier than that, so it cannot expire the session before about
     ``last_ok + session timeout`` (docs/architecture.md, "The bound"). ``on_answer(last_ok)`` is called from the
     guard's thread at each such answer (the runner renews its guardian's deadline there); ``notify()`` on every
@@ -464,7 +465,7 @@ class Guard:
 
     @property
     def deadline(self):
-        """The earliest moment (``_config.now``) at which the server could expire our session."""
+        """The earliest moment (``_clock.now``) at which the server could expire our session."""
         return self.last_ok + self.session.session_timeout
 
     def start(self):

@@ -31,14 +31,16 @@ import select
 import signal
 import sys
 
-from ._config import KILL_SHARE, TERM_SHARE, now
+from ._clock import now
+from ._config import KILL_SHARE, TERM_SHARE
 from ._guardian import MARK_VAR, _guardian_main, kill_run, marker_of
+
 
 class Guardian:
     """The runner's side of the dead-man switch: forks the guardian and talks to it through a pipe.
 
     Messages (one line each): ``m NAME:TOKEN`` (the run's marker, before COMMAND starts), ``g PGID`` (COMMAND's
-    group), ``d DEADLINE`` (kill at this ``_config.now()``, pushed forward at each answer from the leader),
+    group), ``d DEADLINE`` (kill at this ``_clock.now()``, pushed forward at each answer from the leader),
     ``done`` (COMMAND and everything it started are gone). The pipe never blocks the runner: a guardian that
     cannot read (stopped) just misses renewals, which only makes it kill sooner.
 

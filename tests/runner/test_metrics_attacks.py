@@ -42,13 +42,13 @@ def metrics_module():
 
 
 def as_nobody(*argv):
-    return subprocess.run(NOBODY + list(argv), capture_output=True, text=True, timeout=30)
+    return subprocess.run(NOBODY + list(argv), capture_output=True, text=True, timeout=30, check=False)
 
 
 def run_as_nobody(runner, name, metrics_dir):
     args = runner.run_args(name, ["true"], ["--slot", "s1", "--metrics-dir", metrics_dir])
     return subprocess.run(NOBODY + [ZOO_LOCKED] + args, capture_output=True, text=True, timeout=60,
-                          env=runner_env(None, runner.mark), start_new_session=True)
+                          env=runner_env(None, runner.mark), start_new_session=True, check=False)
 
 
 def prom(metrics_dir, name):

@@ -9,7 +9,7 @@
    every turn of its loop).
 3. After a ConnectionLoss on the contender's create, our own contender is looked for in a listing that follows a
    ``sync`` (a stale follower could hide it, and the runner would queue a second contender of its own).
-4. Every deadline of the kill path is on CLOCK_BOOTTIME (``_config.now``), which counts suspend.
+4. Every deadline of the kill path is on CLOCK_BOOTTIME (``_clock.now``), which counts suspend.
 
 Overlaps are measured from the commands' own clocks: each COMMAND (the ticker of tests/overlap.py) appends
 ``TIME PID TAG`` to a file every 20 ms, and ``last tick of the old holder - first tick of the new one`` must be
@@ -384,9 +384,8 @@ def suspended_clock(monkeypatch):
 
 
 def test_now_is_clock_boottime(zoo_locked):
-    """Could fail? The pre-fix tree has no _config.now (AttributeError); a now() on time.monotonic fails the
-    second half (the monotonic clock does not count suspend)."""
-    config = zoo_locked("_config")
+    """Could fail? A now() on time.monotonic fails the second half (the monotonic clock does not count suspend)."""
+    config = zoo_locked("_clock")
     before = time.clock_gettime(time.CLOCK_BOOTTIME)
     value = config.now()
     after = time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -394,7 +393,7 @@ def test_now_is_clock_boottime(zoo_locked):
 
 
 def test_now_follows_clock_boottime_not_monotonic(zoo_locked, suspended_clock):
-    config = zoo_locked("_config")
+    config = zoo_locked("_clock")
     before = suspended_clock()
     value = config.now()
     after = suspended_clock()
@@ -407,13 +406,14 @@ def test_kill_path_deadlines_are_on_clock_boottime(zoo_locked, suspended_clock, 
     """The lock's first last_ok (the send time of the sync that made it ours), the guard's last_ok at start and at
     each heartbeat (on_answer), and its deadline are all on CLOCK_BOOTTIME: with the boot clock 11 days ahead of the
     monotonic one, each of them must be within a second of it. The supervisor and the guardian take their now from
-    _config too.
+    _clock too.
 
-    Could fail? On the pre-fix tree the lock's and guard's times were time.monotonic() (and _config.now did not
+    Could fail? On the pre-fix tree the lock's and guard's times were time.monotonic() (and _clock.now did not
     exist): the fixture's import or the first assertion fails.
     """
-    config, zk_mod, lock_mod = zoo_locked("_config"), zoo_locked("_zk"), zoo_locked("_lock")
+    config, zk_mod, lock_mod = zoo_locked("_clock"), zoo_locked("_zk"), zoo_locked("_lock")
     assert lock_mod.now is config.now and zoo_locked("_supervisor").now is config.now
+    assert zoo_locked("_guardian").now is config.now
     session = zk_mod.Session(zk.hosts, 4.0, 5.0)
     session.start()
     try:

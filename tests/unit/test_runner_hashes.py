@@ -77,7 +77,7 @@ def _pip_install(source, target, requirement):
         [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--no-cache-dir",
          "--require-hashes", "--only-binary", ":all:", "--no-index", "--find-links", source,
          "--requirement", os.path.join(source, "requirements.txt"), "--target", target],
-        capture_output=True, text=True, env=env, timeout=120)
+        capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 def test_pip_installs_the_pinned_wheel_and_refuses_a_changed_one(tmp_path):
@@ -119,7 +119,8 @@ def test_role_refuses_a_pin_without_a_valid_hash_before_any_change(tmp_path, col
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, ANSIBLE_NOCOLOR="1",
                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
     result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
-                             str(tmp_path / "play.yml")], capture_output=True, text=True, env=env, timeout=300)
+                             str(tmp_path / "play.yml")], capture_output=True, text=True, env=env, timeout=300,
+                            check=False)
     assert result.returncode != 0, result.stdout
     fatal = [line for line in result.stdout.splitlines() if line.startswith("fatal: [localhost]: FAILED! => {")]
     assert fatal and "Check that every pinned package has the hash of its wheel" in result.stdout, result.stdout
