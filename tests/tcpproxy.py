@@ -7,7 +7,9 @@ nothing, exactly as when a link silently drops packets. thaw() moves the held by
 accepted while frozen are held too: the upstream connection is made only after thaw(). close() ends it all.
 
 RequestProxy is a TCPProxy to ZooKeeper that reads the client's requests and breaks the connection at the Nth
-request of one opcode (before forwarding it, just after, or once the server's answer to it came back).
+request of one opcode (before forwarding it, just after, or once the server's answer to it came back). What it
+waits for is a Trigger, which can be set and replaced while the proxy runs, and shared by several proxies (the
+soak run's nodes: the Nth write a node sends to any server).
 """
 
 import select
@@ -56,12 +58,13 @@ class TCPProxy:
         self.frozen_at = None
 
     def drop_connections(self):
-        """Close every current connection (both sides see the connection end)."""
+        """Close every current connection (both sides see the connection end); return how many there were."""
         with self._lock:
             conns, self._conns = self._conns, []
         for pair in conns:
             for s in pair:
                 _close(s)
+        return len(conns)
 
     def close(self):
         self._closed.set()
@@ -159,10 +162,10 @@ class TCPProxy:
         return relay
 
 
-class RequestProxy(TCPProxy):
-    """A TCPProxy to ZooKeeper that breaks the connection at the ``nth`` request of ``opcode`` a client sends
-    (counted over all the connections through it; a connection's first frame, the ConnectRequest, has no xid nor
-    opcode and is never counted). It acts once, ``when``:
+class Trigger:
+    """When a RequestProxy breaks a connection: at the ``nth`` request with one of ``opcodes`` that a client sends,
+    counted over all the connections of every proxy that shares this trigger (a connection's first frame, the
+    ConnectRequest, has no xid nor opcode and is never counted). It fires once, ``when``:
 
     - ``"before"``: the request is not forwarded (it never lands);
     - ``"after"``: it is forwarded, and the connection is broken 0.1 s later, nothing else passed on meanwhile (it
@@ -171,22 +174,60 @@ class RequestProxy(TCPProxy):
       dropped, and the connection with it (it landed, and the client cannot know); after 5 s without the answer
       the connection is broken all the same.
 
-    Both streams are cut into whole frames (a 4-byte length, then the frame) and passed on frame by frame.
-    ``fired`` is the time.time() at which the request was seen (None until then), ``dropped_answer`` the one at
-    which its answer was dropped (``"answer"``); ``accepted`` counts the connections (the client's reconnects).
-    The rest is TCPProxy's: ``hosts``, ``close()``, and freeze()/thaw(), which the wait for an answer does not heed.
+    ``fired`` is the time.time() at which the request was seen (None until then) and ``opcode`` its opcode,
+    ``dropped_answer`` the time at which its answer was dropped (``"answer"``).
     """
 
     WHEN = ("before", "after", "answer")
 
-    def __init__(self, target_port, opcode, nth=1, when="before", target_host="127.0.0.1"):
+    def __init__(self, opcodes, nth=1, when="before"):
         if when not in self.WHEN:
             raise ValueError("when: one of %s, not %r" % (", ".join(self.WHEN), when))
-        self.opcode, self.nth, self.when = opcode, nth, when
+        self.opcodes = frozenset(opcodes)
+        self.nth, self.when = nth, when
         self.seen = 0
         self.fired = None
+        self.opcode = None
         self.dropped_answer = None
+        self._lock = threading.Lock()
+
+    def hit(self, opcode):
+        """Count a request; True for the one to act on (once)."""
+        if opcode not in self.opcodes:
+            return False
+        with self._lock:
+            if self.fired is not None:
+                return False
+            self.seen += 1
+            if self.seen >= self.nth:
+                self.fired = time.time()
+                self.opcode = opcode
+                return True
+        return False
+
+
+class RequestProxy(TCPProxy):
+    """A TCPProxy to ZooKeeper that breaks a connection as its ``trigger`` says (see Trigger). ``RequestProxy(port,
+    opcode, nth, when)`` makes a trigger of its own; ``RequestProxy(port)`` has none until ``trigger`` is set (None:
+    every request passes). Both streams are cut into whole frames (a 4-byte length, then the frame) and passed on
+    frame by frame. ``fired`` and ``dropped_answer`` are the trigger's; ``accepted`` counts the connections (the
+    client's reconnects). The rest is TCPProxy's: ``hosts``, ``close()``, ``drop_connections()``, and
+    freeze()/thaw(), which the wait for an answer does not heed.
+    """
+
+    WHEN = Trigger.WHEN
+
+    def __init__(self, target_port, opcode=None, nth=1, when="before", target_host="127.0.0.1", trigger=None):
+        self.trigger = trigger if trigger is not None or opcode is None else Trigger([opcode], nth, when)
         super().__init__(target_port, target_host=target_host)
+
+    @property
+    def fired(self):
+        return self.trigger.fired if self.trigger is not None else None
+
+    @property
+    def dropped_answer(self):
+        return self.trigger.dropped_answer if self.trigger is not None else None
 
     def _relay(self, client, upstream):
         buffers = {client: b"", upstream: b""}
@@ -198,46 +239,37 @@ class RequestProxy(TCPProxy):
             for frame in frames:
                 if source is upstream:
                     client.sendall(frame)
-                elif handshake:  # the ConnectRequest has no xid nor opcode
+                    continue
+                trigger = self.trigger
+                if handshake:  # the ConnectRequest has no xid nor opcode
                     handshake = False
-                    upstream.sendall(frame)
-                elif self._is_target(frame):
-                    self._act(frame, client, upstream, buffers[upstream])
+                elif trigger is not None and len(frame) >= 12 and trigger.hit(struct.unpack(">i", frame[8:12])[0]):
+                    self._act(trigger, frame, client, upstream, buffers[upstream])
                     return False
-                else:
-                    upstream.sendall(frame)
+                upstream.sendall(frame)
             return True
 
         return relay
 
-    def _is_target(self, frame):
-        if len(frame) < 12 or struct.unpack(">i", frame[8:12])[0] != self.opcode:
-            return False
-        with self._lock:
-            self.seen += 1
-            if self.seen == self.nth and self.fired is None:
-                self.fired = time.time()
-                return True
-        return False
-
-    def _act(self, frame, client, upstream, from_server):
+    def _act(self, trigger, frame, client, upstream, from_server):
         """What to do with the request ``frame`` before the connection is broken."""
-        if self.when == "before":
+        if trigger.when == "before":
             return
         upstream.sendall(frame)
-        if self.when == "after":
+        if trigger.when == "after":
             time.sleep(0.1)  # the server applies it; its answer dies with the connection
         else:
-            self._drop_answer(client, upstream, struct.unpack(">i", frame[4:8])[0], from_server)
+            self._drop_answer(trigger, client, upstream, struct.unpack(">i", frame[4:8])[0], from_server)
 
-    def _drop_answer(self, client, upstream, xid, pending):
+    @staticmethod
+    def _drop_answer(trigger, client, upstream, xid, pending):
         """Pass the server's frames on (``pending``: what came before) until the answer to ``xid``, which is dropped."""
         deadline = time.monotonic() + 5
         while True:
             frames, pending = _frames(pending)
             for frame in frames:
                 if struct.unpack(">i", frame[4:8])[0] == xid:
-                    self.dropped_answer = time.time()
+                    trigger.dropped_answer = time.time()
                     return
                 client.sendall(frame)
             if time.monotonic() >= deadline:

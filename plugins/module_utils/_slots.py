@@ -32,8 +32,6 @@ FORMAT_VERSION = 1
 DEFAULT_KEEP = 100
 SLOT_ID = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9._:-]{0,99}\Z")
 FINAL_STATES = ("succeeded", "failed", "stopped", "missed")
-# Test hook: shift this process's idea of "now" for slot computation (simulates clock skew). Not for production.
-CLOCK_OFFSET_VAR = "ZOO_LOCKED_CLOCK_OFFSET"
 
 
 class SlotError(Exception):
@@ -49,9 +47,9 @@ def iso(timestamp):
 
 
 def clock():
-    """time.time(), shifted by ZOO_LOCKED_CLOCK_OFFSET seconds when that is set (tests only)."""
-    offset = os.environ.get(CLOCK_OFFSET_VAR)
-    return time.time() + (float(offset) if offset else 0.0)
+    """The wall clock (time.time()) that slots are computed from: this machine's clock, as it is (tests skew it for
+    real, with libfaketime)."""
+    return time.time()
 
 
 def check_slot_id(slot):

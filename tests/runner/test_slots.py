@@ -5,6 +5,7 @@ import random
 import signal
 import time
 
+from faketime import REAL_CLOCK, skewed_env
 from zkharness import records, wait_for
 
 
@@ -46,7 +47,8 @@ def test_twenty_runners_one_slot_twenty_rounds(runner):
 
 
 def test_clock_skew_of_twenty_seconds_one_run_per_slot(runner):
-    """Runners whose clocks are off by up to +-20 s agree on a one-minute schedule's slot."""
+    """Runners whose clocks are off by up to +-20 s agree on a one-minute schedule's slot. Each runner's clock is
+    skewed for real (libfaketime): it sees a time near a minute mark 10 minutes ahead, off by its own skew."""
     record = runner.path("runs")
     base = (int(time.time()) // 60 + 10) * 60 + 1  # a minute mark (+1 s) well away from now
     for round_no in range(4):
@@ -55,9 +57,10 @@ def test_clock_skew_of_twenty_seconds_one_run_per_slot(runner):
 
         def start(i, mark=mark, tag=tag):
             skew = random.uniform(-20, 20)
-            env = {"ZOO_LOCKED_CLOCK_OFFSET": "%.3f" % (mark - time.time() + skew)}
-            return runner.start("skewed", runner.worker(record=record, sleep=0.2, tag=tag),
-                                "--schedule", "* * * * *", "--wait", "30", env=env)
+            # The COMMAND drops the preload: its own time stamps are real ones.
+            return runner.start("skewed", REAL_CLOCK + runner.worker(record=record, sleep=0.2, tag=tag),
+                                "--schedule", "* * * * *", "--wait", "30",
+                                env=skewed_env(mark - time.time() + skew))
 
         procs = _spread_start(runner, 10, 1.0, start)
         results = [p.wait(60) for p in procs]
@@ -66,6 +69,27 @@ def test_clock_skew_of_twenty_seconds_one_run_per_slot(runner):
         slots = {part.split("=", 1)[1] for r in results for line in r.stderr.splitlines()
                  for part in line.split() if part.startswith("slot=")}
         assert slots == {time.strftime("%Y%m%dT%H%M00Z", time.gmtime(mark))}, slots
+
+
+def test_the_removed_clock_offset_hook_changes_nothing(runner):
+    """ZOO_LOCKED_CLOCK_OFFSET was a test hook in production code (issue 18): -86400 made a runner take yesterday's
+    slot and run it a second time, 'abc' crashed it. It is gone: a slot that ran is not run again, whatever it says."""
+    to_next_hour = 3600 - time.time() % 3600
+    if to_next_hour < 30:
+        time.sleep(to_next_hour + 1)  # all runs within one hour: one @hourly slot
+    record = runner.path("runs")
+    first = runner.run("hooked", runner.worker(record=record, tag="first"), "--schedule", "@hourly")
+    assert first.returncode == 0, first.stderr
+    slot = [part.split("=", 1)[1] for line in first.stderr.splitlines() for part in line.split()
+            if part.startswith("slot=")][0]
+    for value in ("-86400", "abc", "nan"):
+        again = runner.run("hooked", runner.worker(record=record, tag=value), "--schedule", "@hourly",
+                           env={"ZOO_LOCKED_CLOCK_OFFSET": value})
+        assert again.returncode == 0, (value, again.returncode, again.stderr)
+        assert "Traceback" not in again.stderr and "internal error" not in again.stderr, (value, again.stderr)
+        assert "slot=%s" % slot in again.stderr and " done " in again.stderr, (value, again.stderr)
+        assert records(record, "start", tag=value) == [], "ZOO_LOCKED_CLOCK_OFFSET=%s ran a slot again" % value
+    assert [(r["slot"], r["state"]) for r in _history(runner, "hooked")] == [(slot, "succeeded")]
 
 
 def test_holder_killed_mid_run_a_waiter_runs_the_slot_once_more(runner):

@@ -2,40 +2,47 @@
 """A randomized fault run with a history checker, in the spirit of Jepsen (issue 13): ``make soak``.
 
     .venv/bin/python tests/soak/soak.py [--minutes M | --seconds S] [--seed N] [--nodes N] [--keep-history]
+                                        [--no-docs] [--figures FILE]
     .venv/bin/python tests/soak/soak.py --check FOLDER      # run the checker again on a kept history
 
 The cluster is one machine: a three-server ZooKeeper ensemble (tests/zkensemble.py, tickTime 500 ms, every
 server's quorum links proxied so that any follower can be cut off from the leader) and N *nodes*. A node is a
-name, three freezable proxies of its own (one per server: a node can be cut off, or have its connections
-reset on its Nth write), an environment (a clock offset for slot computation) and a stderr reader that can
-get stuck. Every few seconds each job is fired on every node at once, as cron would (``zoo-locked run JOB
---hosts <the node's proxies> ... -- TICKER``); a playbook "controller" takes and releases job locks through
+name, three proxies of its own (tests/tcpproxy.py's RequestProxy, one per server: a node can be cut off, or have
+its connections reset on its Nth write), an environment (its wall clock, which libfaketime can skew) and a stderr
+reader that can get stuck. Every few seconds each job is fired on every node at once, as cron would (``zoo-locked
+run JOB --hosts <the node's proxies> ... -- TICKER``); a playbook "controller" takes and releases job locks: the
+first time and then about one in three through a real ``ansible-playbook`` run on localhost (``zoolocked.cron.lock``:
+acquire, pause, release; a callback plugin stamps each task's start and result), the others through
 ``_hold.lock_task`` (the lock module's code, in a helper process, as the module runs it).
 
 Every COMMAND (and each child and setsid daemon it starts) is a ticker: it writes its node, job, slot,
 ZOO_LOCKED_TOKEN, runner, pid and role, then a time stamp every 25 ms, into a file of its own under
 ``HISTORY/ticks`` (append-only, one file per process). The harness writes every fault it injects
 (``faults.jsonl``: kind, target, start, end; ``plan.json``: what the seed planned), every runner's exit code and
-stderr (``runners.jsonl``), the playbook's holds (``holds.jsonl``), snapshots of the run records taken every 2 s
+stderr (``runners.jsonl``), the playbook's holds (``holds.jsonl``; each ansible-playbook run's playbook, task
+times and output under ``ansible/``), snapshots of the run records taken every 2 s
 during the run (``seen.json``: pruning deletes old ones before the end) and, at the end, the run records from
 ``zoo-locked history`` and what was left in ZooKeeper and on the machine (``records.json``, ``final.json``).
 
-The nemesis (seeded: the plan of faults is a function of the seed; the targets are picked at run time, from
-a seeded generator too) injects, overlapping in time: SIGKILL of a runner, SIGKILL of its process group,
-SIGSTOP for longer than the session then SIGCONT, a node cut off from the ensemble (its proxies frozen), a
-follower cut off from the leader, a server killed and restarted (often the leader), the whole ensemble down
-for longer than the session, connection resets (at once, or on the Nth create/delete/multi a node sends,
-before or after forwarding it), a node's stderr reader stuck (the job "flood" fills the pipe to the brim), a
-node's clock offset (ZOO_LOCKED_CLOCK_OFFSET: only the --schedule job "minutely" computes its slot from the
-clock), and forced releases of job locks (``state=released force=true``). Every kind is planned once in the
-first ~25 s; runner faults aim at runners that hold a lock, partitions and stuck readers at their nodes, most
-of the time; a fault that finds nothing to act on is tried again 3 s later (twice at most).
+The nemesis (seeded: the plan of faults is a function of the seed; the targets are picked at run time, from a seeded
+generator too) injects, overlapping in time: SIGKILL of a runner, SIGKILL of its process group, SIGSTOP for longer
+than the session then SIGCONT, a node cut off from the ensemble (its proxies frozen), a follower cut off from the
+leader, a server killed and restarted (often the leader), the whole ensemble down for longer than the session,
+connection resets (at once, or on the Nth create/delete/multi a node sends, before or after forwarding it), a node's
+stderr reader stuck (the job "flood" fills the pipe to the brim), a node's clock off by 5-25 s (libfaketime in its
+runners, tests/faketime.py: the whole runner sees the skewed wall clock, its COMMAND the real one; only the
+--schedule job "minutely" computes its slot from the clock), and forced releases of job locks (``state=released
+force=true``; through ansible-playbook until one found a lock, then about one in three; a run of a minute or more
+plans three at least). Every kind is planned once in the first ~25 s; runner faults aim at runners that hold a lock,
+partitions and stuck readers at their nodes, most of the time; a fault that finds nothing to act on is tried again 3
+s later (twice at most).
 
 The checker (``check``; a pure function of the history folder) fails the run on:
 
 1. two holders of one job (COMMANDs with their children and daemons; a holder's interval is [first tick,
-   last tick] of all its processes; a playbook hold counts from the moment ``lock_task`` returned to the
-   moment its release began, when the release found its node still there) ticking at overlapping times;
+   last tick] of all its processes; a playbook hold counts from the moment its acquire returned (``lock_task``
+   returned, or the acquire task's result reached ansible-playbook) to the moment its release began (the call,
+   or the release task, started), when the release found its node still there) ticking at overlapping times;
 2. a holder whose token is not greater than its predecessor's (holders ordered by first tick);
 3. a slot run successfully more than once (by runner exit codes and ticks, and by its run record; a re-run
    after an outcome its runner logged it could not record is the documented at-least-once case, counted
@@ -48,7 +55,9 @@ The checker (``check``; a pure function of the history folder) fails the run on:
    (and an internal error of the lock module's code).
 
 Output: the seed first; at the end a table of faults by kind, runs by exit code, slots, and the violations.
-Exit status 1 on any violation; the history folder is kept then (and with --keep-history).
+Exit status 1 on any violation; the history folder is kept then (and with --keep-history). A run without
+violations writes its figures into docs/reliability.md, section "Randomized faults (make soak)", between markers
+(not with --no-docs; tests/soak/test_soak.py writes its two seeds' there with ZOO_LOCKED_WRITE_DOCS=1).
 """
 
 import argparse
@@ -60,8 +69,6 @@ import random
 import select
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -75,6 +82,8 @@ REPO = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
 
 import zkharness  # noqa: E402
+from faketime import REAL_CLOCK, skewed_env  # noqa: E402
+from tcpproxy import RequestProxy, Trigger  # noqa: E402
 from zkharness import MARK_VAR, ZOO_LOCKED  # noqa: E402
 
 # The package zoo_locked beside the runner under test (BIN/../lib/zoo-locked, as the launcher finds it): the lock
@@ -109,6 +118,13 @@ PLAYBOOK_JOBS = ("short", "slots", "long")
 PLAYBOOK_OWNER = "soak-playbook"
 NEMESIS_OWNER = "soak-nemesis"
 HOLD_LEASE = 8.0
+# Through ansible-playbook (zoolocked.cron.lock): the first playbook hold and forced release of a run, then about
+# one in three (an ansible-playbook run costs a few CPU seconds). Its lease covers Ansible's time between tasks.
+ANSIBLE_SHARE = 1.0 / 3
+ANSIBLE_LEASE = 15.0
+ANSIBLE_PLAYBOOK = os.path.join(REPO, ".venv", "bin", "ansible-playbook")
+ANSIBLE_PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+COLLECTIONS = os.path.join(REPO, ".cache", "collections")  # ansible_collections/zoolocked/cron -> this checkout
 
 # kind: weight in the plan.
 FAULTS = collections.OrderedDict([
@@ -242,6 +258,45 @@ except Exception:
     out["crash"] = traceback.format_exc()
 out["t1"] = time.time()
 sys.stdout.write(json.dumps(out) + "\n")
+'''
+
+# A callback plugin for the ansible-playbook runs: when each task started, and when and what it returned.
+CALLBACK_SOURCE = r'''
+"""The soak run's Ansible callback (tests/soak/soak.py): one JSON line per task start and task result."""
+import json
+import os
+import time
+
+from ansible.plugins.callback import CallbackBase
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "soak_times"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def _write(self, event, task, result=None):
+        line = {"event": event, "task": task.get_name(), "t": time.time()}
+        if result is not None:
+            line["result"] = dict(getattr(result, "result", None) or result._result)
+        with open(os.environ["SOAK_TASK_LOG"], "a") as handle:
+            handle.write(json.dumps(line, default=str) + "\n")
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._write("start", task)
+
+    def v2_runner_on_ok(self, result):
+        self._write("ok", result._task, result)
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._write("failed", result._task, result)
+
+    def v2_runner_on_unreachable(self, result):
+        self._write("failed", result._task, result)
+
+    def v2_runner_on_skipped(self, result):
+        self._write("skipped", result._task)
 '''
 
 
@@ -550,6 +605,13 @@ def _slot_accounting(history, jobs, found):
     return stats
 
 
+def _module_crashed(result):
+    """Whether a failed Ansible task's result says the module crashed (rather than failed with its message)."""
+    exception = str(result.get("exception") or "")
+    return ("Traceback" in str(result.get("module_stderr") or "") or str(result.get("msg")).startswith("MODULE FAILURE")
+            or bool(exception and "traceback unavailable" not in exception))
+
+
 def _killed(runner):
     return runner.get("rc") is not None and runner["rc"] < 0 and any(
         s[0] == "KILL" for s in runner.get("signals") or [])
@@ -587,7 +649,8 @@ def _check_exits(history, found):
     for item in history["holds"] + [f for f in history["faults"] if f.get("kind") == "force-release"]:
         for call in (item.get("acquire"), item.get("release"), item.get("call")):
             if isinstance(call, dict) and call.get("crash"):
-                _violation(found, 5, "the lock module's code (_hold.lock_task) crashed: %s" % call["crash"][-600:])
+                _violation(found, 5, "the lock module (through %s) crashed: %s" % (
+                    call.get("via") or "_hold.lock_task", call["crash"][-600:]))
 
 
 def _check_final(history, found):
@@ -654,7 +717,7 @@ def summary(history, violations, stats):
             details[f["kind"]]["%s %s forwarding" % (f.get("request"), "after" if f.get("after_forwarding") else
                                                      "before")] += 1
         elif f["kind"] == "force-release":
-            details[f["kind"]][f.get("how")] += 1
+            details[f["kind"]]["%s via %s" % (f.get("how"), f.get("via") or "lock_task")] += 1
         elif f["kind"] == "stderr-stuck":
             details[f["kind"]]["runners with a full pipe"] += len(f.get("pipes_full") or [])
             details[f["kind"]]["of which exited while it was full"] += len(f.get("exited_with_full_pipe") or [])
@@ -691,8 +754,11 @@ def summary(history, violations, stats):
                % sum(1 for r in runners if r.get("flood_lines")))
     holds = history["holds"]
     out.append("")
-    out.append("playbook holds: %d taken, %d confirmed held until their release" % (
-        sum(1 for h in holds if h.get("token") is not None), sum(1 for h in holds if h.get("confirmed"))))
+    for via in ("ansible-playbook", "lock_task"):
+        mine = [h for h in holds if (h.get("via") or "lock_task") == via]
+        out.append("playbook holds through %s: %d tried, %d taken, %d confirmed held until their release" % (
+            via, len(mine), sum(1 for h in mine if h.get("token") is not None),
+            sum(1 for h in mine if h.get("confirmed"))))
     out.append("")
     out.append("hand-overs: %d holders; by what ended the previous holder, how many, and the closest (the next "
                "holder's first tick minus the previous one's last tick):" % stats.get("holders", 0))
@@ -716,169 +782,121 @@ def summary(history, violations, stats):
     return "\n".join(out)
 
 
-# --- proxies --------------------------------------------------------------------------------------------
+# --- docs/reliability.md: the section "Randomized faults (make soak)" --------------------------------------
+
+DOC = os.path.join(REPO, "docs", "reliability.md")
+DOC_TITLE = "## Randomized faults (make soak)"
+DOC_BEGIN = "<!-- soak:begin: generated by tests/soak/soak.py after a run without violations; do not edit by hand -->"
+DOC_END = "<!-- soak:end -->"
 
 
-class Arm:
-    """Reset a node's connection at the Nth request of one of ``opcodes`` that it sends (any of its proxies):
-    before forwarding it (it never lands) or just after (it lands, its answer is lost)."""
+def _exit_label(rc):
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        return "killed by the nemesis (signal %d)" % -rc
+    meaning = DOCUMENTED_EXITS.get(rc) or ("COMMAND's own exit" if rc == FAIL_EXIT else "128+%d" % (rc - 128)
+                                           if rc > 128 else "?")
+    return "%d (%s)" % (rc, meaning)
 
-    def __init__(self, opcodes, nth, after):
-        self.opcodes = set(opcodes)
-        self.nth = nth
-        self.after = after
-        self.seen = 0
-        self.fired = None
-        self.what = None
-        self.lock = threading.Lock()
 
-    def hit(self, opcode):
-        if opcode not in self.opcodes:
-            return False
-        with self.lock:
-            if self.fired is not None:
-                return False
-            self.seen += 1
-            if self.seen >= self.nth:
-                self.fired = time.time()
-                self.what = OPCODES.get(opcode, opcode)
-                return True
+def figures(history, violations, stats):
+    """What a run shows, for the docs: plain counters (summed over the runs of one table)."""
+    meta = history["meta"]
+    faults = collections.Counter(f["kind"] for f in history["faults"] if f.get("applied", True))
+    via = collections.Counter()
+    for f in history["faults"]:
+        if f.get("applied", True) and f["kind"] == "force-release":
+            via["forced releases through %s" % (f.get("via") or "lock_task")] += 1
+    for hold in history["holds"]:
+        if hold.get("token") is not None:
+            via["playbook holds through %s" % (hold.get("via") or "lock_task")] += 1
+    slots = {}
+    for job, counts in (stats.get("slots") or {}).items():
+        slots[job] = dict(counts)
+    return {"seed": meta.get("seed"), "duration": round(meta.get("duration", 0)), "nodes": meta.get("nodes"),
+            "session_timeout": meta.get("session_timeout"), "tick_time_ms": meta.get("tick_time_ms"),
+            "faults": dict(faults), "exits": dict(collections.Counter(_exit_label(r.get("rc"))
+                                                                      for r in history["runners"])),
+            "commands": sum(1 for p in history["procs"] if p.get("role") == "main"),
+            "holders": stats.get("holders", 0), "controller": dict(via), "slots": slots,
+            "violations": len(violations), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def render_docs(runs, how):
+    """The generated part of the section, from the figures() of one or more runs without violations."""
+    total = dict((key, collections.Counter()) for key in ("faults", "exits", "controller"))
+    slots = collections.defaultdict(collections.Counter)
+    for run in runs:
+        for key in total:
+            total[key].update(run[key])
+        for job, counts in run["slots"].items():
+            slots[job].update(counts)
+    first = runs[0]
+    lines = [DOC_BEGIN,
+             "Generated by %s on %s: seed%s %s, %s s of faults%s; %d nodes, session timeout %g s, tickTime %d ms. "
+             "**Violations: %d.**" % (
+                 how, runs[-1]["date"], "s" if len(runs) > 1 else "", ", ".join(str(r["seed"]) for r in runs),
+                 " + ".join(str(r["duration"]) for r in runs), " in all" if len(runs) > 1 else "", first["nodes"],
+                 first["session_timeout"], first["tick_time_ms"], sum(r["violations"] for r in runs)),
+             "",
+             "| fault injected | times |", "|---|---|"]
+    for kind in list(FAULTS) + sorted(set(total["faults"]) - set(FAULTS)):
+        lines.append("| %s | %d |" % (kind, total["faults"].get(kind, 0)))
+    lines += ["", "| runner exit | runners |", "|---|---|"]
+
+    def exit_order(item):
+        label = item[0]
+        return (not label[0].isdigit(), len(label.split()[0]), label)
+
+    for label, count in sorted(total["exits"].items(), key=exit_order):
+        lines.append("| %s | %d |" % (label, count))
+    lines += ["", "%d COMMANDs ran, %d lock holders in all (COMMANDs and playbook holds), %s." % (
+        sum(r["commands"] for r in runs), sum(r["holders"] for r in runs),
+        ", ".join("%d %s" % (v, k) for k, v in sorted(total["controller"].items())) or "no playbook holds"), "",
+        "| job | slots fired | how they ended |", "|---|---|---|"]
+    for job in sorted(slots):
+        counts = collections.Counter()
+        for key, value in slots[job].items():
+            if key.startswith("not run ("):  # by the runners' outcomes: one line for them all here
+                key = "not run (every runner exited 69 or 75, or was killed)"
+            elif key.startswith("pruned (checked against its last snapshot: "):
+                key = "%s (pruned by --keep, as last seen)" % key[len("pruned (checked against its last snapshot: "):-1]
+            counts[key] += value
+        detail = ", ".join("%s %d" % (k, v) for k, v in sorted(counts.items()) if k != "slots" and v)
+        lines.append("| %s | %d | %s |" % (job, counts["slots"], detail))
+    lines.append(DOC_END)
+    return "\n".join(lines)
+
+
+def write_docs(runs, how, doc=DOC):
+    """Replace the generated part of the section (after runs without violations only)."""
+    if not runs or any(r["violations"] for r in runs):
         return False
+    with open(doc) as handle:
+        text = handle.read()
+    if DOC_BEGIN not in text or DOC_END not in text:
+        text = text.rstrip("\n") + "\n\n%s\n\n%s\n\n%s\n%s\n" % (DOC_TITLE, DOC_INTRO, DOC_BEGIN, DOC_END)
+    head, rest = text.split(DOC_BEGIN, 1)
+    dummy_old, tail = rest.split(DOC_END, 1)
+    with open(doc + ".tmp", "w") as handle:
+        handle.write(head + render_docs(runs, how) + tail)
+    os.replace(doc + ".tmp", doc)
+    return True
 
 
-class NodeProxy:
-    """One node's TCP proxy in front of one ZooKeeper server: freezable (tests/tcpproxy.py's semantics: bytes stay in
-    the kernel's buffers, connections accepted meanwhile are held), connections can be dropped, and the client's
-    requests are parsed (length-prefixed frames) so that an Arm can reset the connection on a given request."""
-
-    def __init__(self, node, target_port):
-        self.node = node
-        self.target = ("127.0.0.1", target_port)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._thawed = threading.Event()
-        self._thawed.set()
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._conns = []
-        threading.Thread(target=self._accept_loop, name="proxy-accept", daemon=True).start()
-
-    @property
-    def hosts(self):
-        return "127.0.0.1:%d" % self.port
-
-    def freeze(self):
-        self._thawed.clear()
-
-    def thaw(self):
-        self._thawed.set()
-
-    def drop_connections(self):
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for pair in conns:
-            for s in pair:
-                _close(s)
-        return len(conns)
-
-    def close(self):
-        self._closed.set()
-        self._thawed.set()
-        _close(self._listener)
-        self.drop_connections()
-
-    def _accept_loop(self):
-        while not self._closed.is_set():
-            try:
-                client, dummy = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            pair = [client, None]
-            with self._lock:
-                self._conns.append(pair)
-            threading.Thread(target=self._pump, args=(pair,), name="proxy-pump", daemon=True).start()
-
-    def _wait_thawed(self):
-        while not self._thawed.wait(0.05):
-            if self._closed.is_set():
-                return False
-        return not self._closed.is_set()
-
-    def _pump(self, pair):
-        client = pair[0]
-        try:
-            if not self._wait_thawed():
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=2)
-            except OSError:
-                return  # the server is down: the client sees the connection close and tries the next one
-            pair[1] = upstream
-            pending, handshake = b"", True
-            while not self._closed.is_set():
-                if not self._wait_thawed():
-                    return
-                try:
-                    readable = select.select([client, upstream], [], [], 0.05)[0]
-                except (OSError, ValueError):
-                    return
-                for s in readable:
-                    if not self._wait_thawed():  # frozen between select() and here: leave the bytes where they are
-                        return
-                    try:
-                        data = s.recv(65536)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        return
-                    if s is upstream:
-                        client.sendall(data)
-                        continue
-                    pending += data
-                    out = b""
-                    while len(pending) >= 4:
-                        size = struct.unpack(">i", pending[:4])[0]
-                        if size < 0 or len(pending) < 4 + size:
-                            break
-                        frame, pending = pending[:4 + size], pending[4 + size:]
-                        arm = self.node.arm
-                        if handshake:  # the ConnectRequest: no xid, no opcode
-                            handshake = False
-                        elif arm is not None and len(frame) >= 12 and arm.hit(struct.unpack(">i", frame[8:12])[0]):
-                            if arm.after:
-                                upstream.sendall(out + frame)
-                                time.sleep(0.1)  # the server applies it; its answer dies with the connection
-                            return
-                        out += frame
-                    if out:
-                        upstream.sendall(out)
-        except OSError:
-            return
-        finally:
-            with self._lock:
-                if pair in self._conns:
-                    self._conns.remove(pair)
-            for s in pair:
-                _close(s)
+DOC_INTRO = """`make soak SOAK_MINUTES=10 [SEED=N]` (tests/soak/soak.py; its docstring is the whole design) runs
+five runner nodes against a real three-server ensemble, each node behind fault proxies of its own, with seven jobs
+fired on every node at once as cron would, and a playbook controller that takes and releases job locks
+(`zoolocked.cron.lock` through ansible-playbook, and the same code in a helper process). A seeded nemesis injects
+the faults below, overlapping in time; every COMMAND stamps its token and the time every 25 ms. A checker then reads
+the whole history: no two holders of a job at overlapping times, tokens that only grow, every slot run at most once
+and accounted for, nothing left running or locked once the faults healed, only documented exit codes and no
+tracebacks. The table is written only after a run without violations; `tests/soak/test_soak.py` runs two seeds for a
+minute each in `make test` (and writes the table with ZOO_LOCKED_WRITE_DOCS=1)."""
 
 
-def _close(s):
-    if s is None:
-        return
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        s.close()
-    except OSError:
-        pass
+# --- nodes --------------------------------------------------------------------------------------------
 
 
 class Node:
@@ -887,8 +905,10 @@ class Node:
     def __init__(self, index, ensemble):
         self.index = index
         self.name = "n%d" % (index + 1)
-        self.arm = None
-        self.proxies = [NodeProxy(self, ensemble[sid].port) for sid in sorted(ensemble.peers)]
+        # tests/tcpproxy.py: freezable (bytes stay in the kernel's buffers, connections accepted meanwhile are held),
+        # droppable, and a request trigger shared by the node's three proxies (its Nth write to any server).
+        self.proxies = [RequestProxy(ensemble[sid].port) for sid in sorted(ensemble.peers)]
+        self.trigger = None
         self.hosts = ",".join(p.hosts for p in self.proxies)
         self.reading = threading.Event()  # set: the harness reads this node's runners' stderr
         self.reading.set()
@@ -913,6 +933,12 @@ class Node:
 
     def drop(self):
         return sum(p.drop_connections() for p in self.proxies)
+
+    def set_trigger(self, trigger):
+        """Break this node's connection to any server at a request (a tcpproxy.Trigger; None: let all pass)."""
+        self.trigger = trigger
+        for p in self.proxies:
+            p.trigger = trigger
 
     def close(self):
         for p in self.proxies:
@@ -946,6 +972,7 @@ class RunnerProc:
         self.rc = None
         self.end = None
         self.start = time.time()
+        self.clock_offset = 0.0
         self.popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, env=env, start_new_session=True)
         self.pid = self.popen.pid
@@ -1036,7 +1063,8 @@ class RunnerProc:
                 "start": self.start, "end": self.end, "rc": self.rc, "asked_exit": self.asked_exit,
                 "signals": self.signals, "final": self.final, "events": self.events,
                 "stderr": self.stderr.decode("utf-8", "replace"), "stderr_lines_dropped": self.stderr_dropped,
-                "flood_lines": self.flood_lines, "pipe_open": self.fd is not None, "args": self.args[1:]}
+                "flood_lines": self.flood_lines, "pipe_open": self.fd is not None, "args": self.args[1:],
+                "clock_offset": round(self.clock_offset, 3)}
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -1118,6 +1146,16 @@ class Soak:
         self.fired_skipped = 0
         self.fault_threads = []
         self.playbook_job = None  # the job whose lock the playbook holds now
+        self.ansible_runs = 0
+        self.ansible_holds = 0  # holds taken through ansible-playbook
+        self.ansible_forced = 0  # forced releases through ansible-playbook that found a lock to revoke or break
+        self.callbacks = os.path.join(self.folder, "callbacks")
+        os.makedirs(self.callbacks)
+        with open(os.path.join(self.callbacks, "soak_times.py"), "w") as handle:
+            handle.write(CALLBACK_SOURCE)
+        self.inventory = os.path.join(self.folder, "inventory")
+        with open(self.inventory, "w") as handle:
+            handle.write("localhost ansible_connection=local ansible_python_interpreter=%s\n" % ANSIBLE_PYTHON)
         self.ens_lock = threading.Lock()
         self.cut = collections.Counter()
         self.down = set()
@@ -1151,8 +1189,6 @@ class Soak:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ZOO_LOCKED_")}
         env.update({MARK_VAR: self.mark, "SOAK_NODE": node.name, "SOAK_JOB": job, "SOAK_SLOT": slot or "",
                     "SOAK_RUN": str(rid)})
-        if node.clock_offset:
-            env["ZOO_LOCKED_CLOCK_OFFSET"] = "%.3f" % node.clock_offset
         return env
 
     def start_runner(self, node, job, slot, shape, final=False):
@@ -1183,8 +1219,13 @@ class Soak:
                 args.append("--retry-failed")
             if config.get("max_delay") and not final:
                 args += ["--max-delay", "%g" % config["max_delay"]]
-        command = [sys.executable, "-I", "-S", self.ticker, "--dir", self.ticks, "--for", "%.3f" % shape["dur"],
-                   "--exit", str(code)]
+        env = self.env_for(node, job, slot, rid)
+        offset = node.clock_offset
+        if offset:  # the runner's clock is off for real; the ticker drops the preload: its stamps are compared
+            env.update(skewed_env(offset))
+        command = (REAL_CLOCK if offset else []) + [
+            sys.executable, "-I", "-S", self.ticker, "--dir", self.ticks, "--for", "%.3f" % shape["dur"],
+            "--exit", str(code)]
         if shape.get("ignore_term"):
             command.append("--ignore-term")
         if shape.get("child"):
@@ -1194,7 +1235,8 @@ class Soak:
         if config.get("flood"):
             command.append("--flood")
         args += ["--"] + command
-        runner = RunnerProc(rid, node, job, slot, args, self.env_for(node, job, slot, rid), code, final)
+        runner = RunnerProc(rid, node, job, slot, args, env, code, final)
+        runner.clock_offset = offset
         with self.lock:
             self.runners.append(runner)
             self.open_runners.append(runner)
@@ -1368,25 +1410,125 @@ class Soak:
             return {"crash": "lock_task(%s): exit %s, stdout %r, stderr %s" % (
                 params, done.returncode, done.stdout[-300:], done.stderr[-1500:])}
 
+    def ansible_playbook(self, tasks, timeout=90):
+        """Run ``tasks`` (one play on localhost) with ansible-playbook: {task name: call}, each call as lock_task()
+        gives it: t0 (the task started), t1 (its result came back) and result, error or crash."""
+        with self.lock:
+            self.ansible_runs += 1
+            base = os.path.join(self.folder, "ansible", "%03d" % self.ansible_runs)
+        os.makedirs(base)
+        playbook, events = os.path.join(base, "playbook.yml"), os.path.join(base, "tasks.jsonl")
+        with open(playbook, "w") as handle:  # JSON is YAML
+            json.dump([{"name": "soak controller", "hosts": "localhost", "gather_facts": False, "tasks": tasks}],
+                      handle, indent=1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ZOO_LOCKED_", "ANSIBLE_"))}
+        env.update({MARK_VAR: self.mark, "ZOO_LOCKED_HOLD_LOG": os.path.join(self.folder, "holders.log"),
+                    "SOAK_TASK_LOG": events, "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
+                    "ANSIBLE_CALLBACK_PLUGINS": self.callbacks, "ANSIBLE_CALLBACKS_ENABLED": "soak_times",
+                    "ANSIBLE_LOCAL_TEMP": os.path.join(base, "tmp"), "ANSIBLE_REMOTE_TEMP": os.path.join(base, "tmp"),
+                    "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0",
+                    "ANSIBLE_DEPRECATION_WARNINGS": "0"})
+        with open(os.path.join(base, "output.log"), "w") as out:
+            proc = subprocess.Popen([ANSIBLE_PLAYBOOK, "-i", self.inventory, playbook], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=base, start_new_session=True)
+            try:
+                rc = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                rc = None
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait()
+        calls = {}
+        for event in _read_jsonl(events):
+            call = calls.setdefault(event["task"], {"via": "ansible-playbook"})
+            if event["event"] == "start":
+                call["t0"] = event["t"]
+            elif event["event"] == "skipped":
+                call["skipped"] = True
+            else:
+                call["t1"] = event["t"]
+                result = event.get("result") or {}
+                if event["event"] == "ok":
+                    call["result"] = result
+                elif _module_crashed(result):
+                    call["crash"] = str(result.get("module_stderr") or result.get("exception") or result)
+                else:
+                    call["error"] = str(result.get("msg") or result)
+        for task in tasks:
+            call = calls.setdefault(task["name"], {"via": "ansible-playbook"})
+            if not call.get("skipped") and not any(k in call for k in ("result", "error", "crash")):
+                with open(os.path.join(base, "output.log")) as handle:
+                    output = handle.read()
+                call["crash"] = "ansible-playbook %s (%s) before task %r returned: %s" % (
+                    "timed out" if rc is None else "exited %s" % rc, base, task["name"], output[-1500:])
+        return calls
+
+    def lock_params(self):
+        """The connection options of the lock module, as a playbook task gives them."""
+        return {"hosts": self.ensemble.hosts(), "root": self.root, "session_timeout": self.T,
+                "connect_timeout": CONNECT_TIMEOUT, "config": self.config}
+
     def _playbook(self):
-        """The playbook "controller": takes a job's lock for a while (state=acquired), then releases it."""
+        """The playbook "controller": takes a job's lock for a while (state=acquired), then releases it; the first
+        time and then about one in three through a real ansible-playbook run (zoolocked.cron.lock)."""
         rng = self.playbook_rng
         while not self.stop.wait(rng.uniform(5.0, 12.0)):
             job = rng.choice(PLAYBOOK_JOBS)
             hold_for = rng.uniform(1.0, 4.0)
-            acquire = self.lock_task({"name": job, "state": "acquired", "wait": rng.choice([0, 2, 4]),
-                                      "lease": HOLD_LEASE, "owner": PLAYBOOK_OWNER, "purpose": "soak playbook"})
-            result = acquire.get("result") or {}
-            hold = {"job": job, "acquire": acquire, "token": result.get("token"), "start": acquire.get("t1"),
-                    "end": None, "confirmed": False}
-            if result.get("token") is not None:
-                self.playbook_job = job
-                self.stop.wait(hold_for)
-                release = self.lock_task({"name": job, "state": "released", "owner": PLAYBOOK_OWNER})
-                self.playbook_job = None
-                hold.update(release=release, end=release.get("t0"),
-                            confirmed=(release.get("result") or {}).get("how") == "released")
+            wait = rng.choice([0, 2, 4])
+            via_ansible = rng.random() < ANSIBLE_SHARE or not self.ansible_holds  # until one was taken
+            if via_ansible:
+                hold = self._playbook_hold_ansible(job, wait, hold_for)
+            else:
+                hold = self._playbook_hold(job, wait, hold_for)
             self.append("holds.jsonl", hold)
+
+    def _playbook_hold(self, job, wait, hold_for):
+        """A hold through the lock module's code in a helper process (cheap)."""
+        acquire = self.lock_task({"name": job, "state": "acquired", "wait": wait, "lease": HOLD_LEASE,
+                                  "owner": PLAYBOOK_OWNER, "purpose": "soak playbook"})
+        result = acquire.get("result") or {}
+        hold = {"job": job, "via": "lock_task", "acquire": acquire, "token": result.get("token"),
+                "start": acquire.get("t1"), "end": None, "confirmed": False}
+        if result.get("token") is not None:
+            self.playbook_job = job
+            self.stop.wait(hold_for)
+            release = self.lock_task({"name": job, "state": "released", "owner": PLAYBOOK_OWNER})
+            self.playbook_job = None
+            hold.update(release=release, end=release.get("t0"),
+                        confirmed=(release.get("result") or {}).get("how") == "released")
+        return hold
+
+    def _playbook_hold_ansible(self, job, wait, hold_for):
+        """A hold by one ansible-playbook run: acquire, pause, release. It counts from the moment the acquire task's
+        result came back to the moment the release task started."""
+        conn = self.lock_params()
+        tasks = [
+            {"name": "acquire", "zoolocked.cron.lock": dict(conn, name=job, state="acquired", wait=wait,
+                                                            lease=ANSIBLE_LEASE, owner=PLAYBOOK_OWNER,
+                                                            purpose="soak playbook"),
+             "register": "acquired", "ignore_errors": True},
+            {"name": "hold", "ansible.builtin.pause": {"seconds": max(1, int(round(hold_for)))},
+             "when": "acquired is succeeded"},
+            {"name": "release", "zoolocked.cron.lock": dict(conn, name=job, state="released", owner=PLAYBOOK_OWNER),
+             "when": "acquired is succeeded", "ignore_errors": True},
+        ]
+        self.playbook_job = job  # for the whole run: a forced release aimed at it may find nothing (and says so)
+        try:
+            calls = self.ansible_playbook(tasks)
+        finally:
+            self.playbook_job = None
+        acquire, release = calls["acquire"], calls["release"]
+        result = acquire.get("result") or {}
+        hold = {"job": job, "via": "ansible-playbook", "acquire": acquire, "token": result.get("token"),
+                "start": acquire.get("t1"), "end": None, "confirmed": False}
+        if result.get("token") is not None:
+            self.ansible_holds += 1
+            hold.update(release=release, end=release.get("t0"),
+                        confirmed=(release.get("result") or {}).get("how") == "released")
+        return hold
 
     # --- the nemesis
 
@@ -1425,6 +1567,14 @@ class Soak:
                 params["for"] = rng.uniform(20.0, 60.0)
             plan.append((round(at, 3), kind, params))
             at += rng.expovariate(1.0 / MEAN_FAULT_GAP)
+        # Forced releases go through ansible-playbook until one found a lock: a run of a minute or more plans three
+        # at least (drawn after the rest, so that the plan of a seed stays what it was).
+        extra = 3 - sum(1 for item in plan if item[1] == "force-release")
+        if self.duration >= 60 and extra > 0:
+            for dummy in range(extra):
+                plan.append((round(rng.uniform(5.0, self.duration - 10.0), 3), "force-release",
+                             {"node": rng.randrange(len(self.nodes))}))
+            plan.sort(key=lambda item: item[0])
         return plan
 
     def _nemesis(self, plan):
@@ -1568,17 +1718,18 @@ class Soak:
 
     def _fault_blip_on_write(self, params):
         node = self.nodes[params["node"]]
-        if node.arm is not None:
+        if node.trigger is not None:
             return self.skipped("blip-on-write", "%s was armed already" % node.name)
-        arm = node.arm = Arm(params["opcodes"], params["nth"], params["after"])
+        arm = Trigger(params["opcodes"], params["nth"], "after" if params["after"] else "before")
+        node.set_trigger(arm)
         at = time.time()
         deadline = time.monotonic() + params["window"]
         while arm.fired is None and time.monotonic() < deadline and not self.stop.wait(0.05):
             pass
-        node.arm = None
+        node.set_trigger(None)
         if arm.fired is not None:
-            self.fault("blip-on-write", node.name, arm.fired, armed=at, request=arm.what, nth=arm.nth,
-                       after_forwarding=arm.after)
+            self.fault("blip-on-write", node.name, arm.fired, armed=at, request=OPCODES.get(arm.opcode, arm.opcode),
+                       nth=arm.nth, after_forwarding=arm.when == "after")
         else:
             self.skipped("blip-on-write", "%s sent no %s within %gs" % (
                 node.name, "/".join(OPCODES[o] for o in arm.opcodes), params["window"]))
@@ -1631,13 +1782,22 @@ class Soak:
             held.append(self.playbook_job)
         job = self.rng.choice(held) if held and self.rng.random() < 0.85 else self.rng.choice(list(JOBS))
         at = time.time()
-        call = self.lock_task({"name": job, "state": "released", "force": True, "owner": NEMESIS_OWNER})
+        params = {"name": job, "state": "released", "force": True, "owner": NEMESIS_OWNER}
+        # Through ansible-playbook until one such forced release found a lock, then about one in three.
+        if not self.ansible_forced or self.rng.random() < ANSIBLE_SHARE:
+            call = self.ansible_playbook([{"name": "force", "zoolocked.cron.lock": dict(self.lock_params(), **params),
+                                           "ignore_errors": True}])["force"]
+        else:
+            call = dict(self.lock_task(params), via="lock_task")
         result = call.get("result") or {}
         how = result.get("how")
         if how not in ("revoked", "broken") and not call.get("crash"):
             self.skipped("force-release", call.get("error") or "lock %s: nothing held (%s)" % (job, how))
+        if call["via"] == "ansible-playbook":
+            self.ansible_forced += 1
         self.fault("force-release", "lock %s" % job, at, how=how, waited=result.get("waited"),
-                   holder=(result.get("holder") or {}).get("owner"), error=call.get("error"), call=call)
+                   holder=(result.get("holder") or {}).get("owner"), error=call.get("error"), call=call,
+                   via=call["via"])
 
     # --- the whole run
 
@@ -1704,7 +1864,7 @@ class Soak:
         for runner in self.live_runners():
             runner.signal(signal.SIGCONT)
         for node in self.nodes:
-            node.arm = None
+            node.set_trigger(None)
             node.clock_offset = 0.0
             node.reading.set()
             with node.lock:
@@ -1786,7 +1946,7 @@ class Soak:
             json.dump(records, handle, indent=1, sort_keys=True)
         with open(os.path.join(self.folder, "seen.json"), "w") as handle:
             json.dump(self.seen, handle, indent=1, sort_keys=True)
-        deadline = time.monotonic() + HOLD_LEASE + 2
+        deadline = time.monotonic() + max(HOLD_LEASE, ANSIBLE_LEASE) + 2
         while True:
             leftover = zkharness.pids_with_mark(self.mark)
             if not leftover or time.monotonic() >= deadline:
@@ -1846,6 +2006,9 @@ def parse_args(argv):
     p.add_argument("--out", default=os.path.join(REPO, ".cache", "soak"), help="where history folders go")
     p.add_argument("--keep-history", action="store_true", help="keep the history folder after a clean run too")
     p.add_argument("--check", metavar="FOLDER", help="only run the checker on a kept history folder")
+    p.add_argument("--no-docs", action="store_true",
+                   help="do not write the run's figures into docs/reliability.md (done after a run without violations)")
+    p.add_argument("--figures", metavar="FILE", help="also write the run's figures (JSON) to FILE")
     options = p.parse_args(argv)
     if options.seconds is not None and options.minutes is not None:
         p.error("--minutes and --seconds exclude each other")
@@ -1896,6 +2059,12 @@ def main(argv=None):
                 fault["kind"], fault["harness_error"][-800:])})
     print(summary(history, violations, stats))
     print("soak: seed %d: %s" % (options.seed, "FAILED, %d violation(s)" % len(violations) if violations else "ok"))
+    figs = figures(history, violations, stats)
+    if options.figures:
+        with open(options.figures, "w") as handle:
+            json.dump(figs, handle, indent=1, sort_keys=True)
+    if not options.no_docs and write_docs([figs], "`make soak`"):
+        print("soak: the figures are in %s, section %r" % (os.path.relpath(DOC, REPO), DOC_TITLE[3:]))
     if violations or options.keep_history:
         with open(os.path.join(options.folder, "violations.json"), "w") as handle:
             json.dump(violations, handle, indent=1)

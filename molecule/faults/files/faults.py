@@ -25,6 +25,9 @@ import threading
 import time
 
 JOB = "/usr/local/bin/zl-fault-job"
+# A COMMAND under a runner whose clock libfaketime skews inherits the preload; this drops it (real time stamps).
+REAL_CLOCK = ["env", "-u", "LD_PRELOAD", "-u", "FAKETIME", "-u", "FAKETIME_DONT_FAKE_MONOTONIC", "-u",
+              "FAKETIME_FORCE_MONOTONIC_FIX"]
 ZK_CONTROL = "/usr/local/sbin/zookeeper-zoolocked"
 ZK_PIDFILE = "/run/zookeeper/zookeeper-zoolocked.pid"
 NODES = ("node1", "node2", "node3")
@@ -237,13 +240,24 @@ class Cluster:
               % (job, node, result.returncode, result.stderr.strip()))
         return {run["slot"]: run for run in json.loads(result.stdout)["runs"]}
 
-    def run_slot(self, nodes, job, case, seconds, slot, wait, env_of=None, schedule=None, session_timeout=None):
+    def run_slot(self, nodes, job, case, seconds, slot, wait, env_of=None, schedule=None, session_timeout=None,
+                 skew_of=None):
+        """skew_of: {node: "+30s"}: that node's runner runs with its wall clock that far off (libfaketime); its
+        COMMAND drops the preload, so that the job log's time stamps stay real ones."""
         def argv(node):
             when = ["--schedule", schedule] if schedule else ["--slot", slot]
             if session_timeout:
                 when += ["--session-timeout", str(session_timeout)]
-            return (["zoo-locked", "run", job] + when + ["--wait", str(wait), "--", JOB, case, str(seconds)])
+            skew = (skew_of or {}).get(node)
+            wrap, real = (["faketime", "-f", skew], REAL_CLOCK) if skew else ([], [])
+            command = real + [JOB, case, str(seconds)]
+            return wrap + ["zoo-locked", "run", job] + when + ["--wait", str(wait), "--"] + command
 
+        env_of = dict(env_of or {})
+        for node in skew_of or {}:  # the monotonic clocks stay real, as on a machine whose wall clock is off; with
+            # libfaketime's "monotonic fix" on, Python's GIL waits time out at once and its threads thrash
+            env_of[node] = dict(env_of.get(node) or {}, FAKETIME_DONT_FAKE_MONOTONIC="1",
+                                FAKETIME_FORCE_MONOTONIC_FIX="0")
         return Launch(self, nodes, argv, env_of)
 
     def heal(self):
@@ -536,7 +550,7 @@ def cases_1_and_5(cluster):
     slot_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(minute))
     # Arm case 1's cron job for that minute only.
     cluster.exec(cluster.live_node(), "sh", "-c", "echo %d > /shared/case1.armed" % minute)
-    log("cases 5 and 1: the minute %s; %s's clock is 30 s ahead (ZOO_LOCKED_CLOCK_OFFSET=30)"
+    log("cases 5 and 1: the minute %s; %s's clock is 30 s ahead (libfaketime, +30s)"
         % (time.strftime("%H:%M:%S", time.gmtime(minute)), skewed))
 
     # Case 5. The skewed node's cron fires when its clock says the minute: 30 s before the others'.
@@ -544,7 +558,7 @@ def cases_1_and_5(cluster):
     while time.time() < minute - 30:
         time.sleep(0.05)
     early = cluster.run_slot([skewed], job5, case5, 5, None, wait=60, schedule="* * * * *",
-                             env_of={skewed: {"ZOO_LOCKED_CLOCK_OFFSET": "30"}})
+                             skew_of={skewed: "+30s"})
     early.wait(skewed, 60)
     others = [n for n in NODES if n != skewed]
     while time.time() < minute:
@@ -588,7 +602,7 @@ def cases_1_and_5(cluster):
         record = cluster.history(job5).get(slot_id)
         check_record(record, slot_id, ("succeeded", [(skewed, "succeeded", runs5[0]["token"])]))
         results.append({
-            "case": 5, "title": "one node's clock 30 s ahead (ZOO_LOCKED_CLOCK_OFFSET=30), `--schedule '* * * * *'`",
+            "case": 5, "title": "one node's clock 30 s ahead (libfaketime +30s), `--schedule '* * * * *'`",
             "runs": "1 slot, fired on that node 30 s before the other two: 1 run; the others find it done",
             "overlaps": 0, "recover": "-",
             "figures": {"slot": slot_id, "ran_on": skewed,
