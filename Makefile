@@ -79,9 +79,10 @@ demo: setup venv $(COLLECTIONS)/ansible_collections/zoolocked/cron
 demo-down:
 	$(PYTHON) tests/demo/demo.py down
 
-# Prints the figures and records them in docs/benchmarks.md (replaced only when the whole run succeeds).
+# Prints the figures and records them in docs/benchmarks.md (replaced only when the whole run succeeds): run.py
+# (one standalone server), then scale.py (a three-server ensemble: 10/50/100 nodes firing one slot, held locks).
 bench: venv
-	$(PY) tests/bench/run.py | tee docs/benchmarks.md.tmp
+	{ $(PY) tests/bench/run.py && echo && $(PY) tests/bench/scale.py; } | tee docs/benchmarks.md.tmp
 	mv docs/benchmarks.md.tmp docs/benchmarks.md
 
 # A randomized fault run with a history checker (tests/soak/soak.py, issue 13). The seed is printed first; a run with
