@@ -270,10 +270,10 @@ def group_alive(pgid):
     return bool(group_members(pgid))
 
 
-def pids_with_mark(mark):
-    """Pids of live processes whose environment carries MARK_VAR=mark... (a prefix match)."""
-    needle = ("%s=%s" % (MARK_VAR, mark)).encode()
-    found = []
+def marked(prefix):
+    """{mark: [pid, ...]} of the processes (this one aside) whose MARK_VAR starts with prefix."""
+    needle = ("%s=%s" % (MARK_VAR, prefix)).encode()
+    found = {}
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
@@ -283,9 +283,16 @@ def pids_with_mark(mark):
                 env = f.read().split(b"\0")
         except OSError:
             continue
-        if any(item.startswith(needle) for item in env) and pid_alive(int(entry)):
-            found.append(int(entry))
+        for item in env:
+            if item.startswith(needle):
+                found.setdefault(item.split(b"=", 1)[1].decode(errors="replace"), []).append(int(entry))
+                break
     return found
+
+
+def pids_with_mark(mark):
+    """Pids of live processes whose environment carries MARK_VAR=mark... (a prefix match)."""
+    return sorted(pid for pids in marked(mark).values() for pid in pids if pid_alive(pid))
 
 
 def kill_marked(mark):

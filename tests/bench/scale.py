@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 
 from run import machine, quantile  # noqa: E402
 from zkensemble import ZKEnsemble  # noqa: E402
-from zkharness import MARK_VAR, four_letter, kill_marked, parse_log, runner_env  # noqa: E402
+from zkharness import four_letter, kill_marked, marked, parse_log, runner_env  # noqa: E402
 
 RUNNER = os.path.join(REPO, ".venv", "bin", "zoo-locked")
 sys.path.insert(0, REPO)
@@ -218,25 +218,6 @@ def pss_kb(pid):
     except (OSError, ValueError):
         pass
     return None
-
-
-def marked(prefix):
-    """{mark: [pid, ...]} of live processes whose MARK_VAR starts with prefix."""
-    needle = ("%s=%s" % (MARK_VAR, prefix)).encode()
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as handle:
-                env = handle.read().split(b"\0")
-        except OSError:
-            continue
-        for item in env:
-            if item.startswith(needle):
-                found.setdefault(item.split(b"=", 1)[1].decode(), []).append(int(entry))
-                break
-    return found
 
 
 def classify(runner_pid, pids):

@@ -1,4 +1,4 @@
-"""The runner role installs wheels only, each checked against a pinned sha256 (issue 18, item 4).
+"""The runner role installs the pins of requirements/runner.txt, wheels only, each checked against a pinned sha256.
 
 The hashes live in requirements/runner.lock (pip's format) and, since requirements/ is not shipped in the
 collection, in the runner role's default runner_package_hashes: they must agree with each other and with the
@@ -41,19 +41,28 @@ def _normalized(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _role_defaults_are(variable, wanted, source):
+    """The runner role's default of ``variable``, in defaults/main.yml and in its argument spec, is ``wanted``."""
+    with open(os.path.join(ROOT, "roles", "runner", "defaults", "main.yml")) as handle:
+        defaults = yaml.safe_load(handle)
+    assert defaults[variable] == wanted, (
+        "roles/runner/defaults/main.yml %s differs from %s; copy it over (and the default in "
+        "roles/runner/meta/argument_specs.yml)" % (variable, source))
+    with open(os.path.join(ROOT, "roles", "runner", "meta", "argument_specs.yml")) as handle:
+        spec = yaml.safe_load(handle)
+    assert spec["argument_specs"]["main"]["options"][variable]["default"] == wanted
+
+
+def test_runner_role_pins_match_requirements():
+    _role_defaults_are("runner_packages", _lines("runner.txt"), "requirements/runner.txt")
+
+
 def test_lock_pins_and_role_hashes_agree():
     lock = _lock()
     assert list(lock) == _lines("runner.txt"), "requirements/runner.lock must pin exactly requirements/runner.txt"
     for pin, digests in lock.items():
         assert digests and all(re.match(r"\Asha256:[0-9a-f]{64}\Z", d) for d in digests), (pin, digests)
-    with open(os.path.join(ROOT, "roles", "runner", "defaults", "main.yml")) as handle:
-        defaults = yaml.safe_load(handle)
-    assert defaults["runner_package_hashes"] == lock, (
-        "roles/runner/defaults/main.yml runner_package_hashes differs from requirements/runner.lock; copy the "
-        "hashes over (and the default in roles/runner/meta/argument_specs.yml)")
-    with open(os.path.join(ROOT, "roles", "runner", "meta", "argument_specs.yml")) as handle:
-        spec = yaml.safe_load(handle)
-    assert spec["argument_specs"]["main"]["options"]["runner_package_hashes"]["default"] == lock
+    _role_defaults_are("runner_package_hashes", lock, "requirements/runner.lock")
 
 
 def test_carried_wheels_have_their_pinned_hash():
