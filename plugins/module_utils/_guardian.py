@@ -120,7 +120,7 @@ def kill_run(pgid, marker, skip=()):
 
 def _guardian_main(read_end, pending=b""):
     """The guardian's whole life, from the messages in ``pending`` on; never returns."""
-    try:  # SIGTERM, SIGINT, SIGHUP and SIGPIPE are ignored already (_supervisor._await_marker)
+    try:  # SIGTERM, SIGINT, SIGHUP and SIGPIPE are ignored already (_supervisor._start_guardian)
         try:  # its own name, so that `pkill zoo-locked` (which matches names) leaves the dead-man switch alone
             with open("/proc/self/comm", "w") as comm:
                 comm.write("zl-guardian")

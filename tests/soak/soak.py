@@ -124,7 +124,6 @@ ANSIBLE_SHARE = 1.0 / 3
 ANSIBLE_LEASE = 15.0
 ANSIBLE_PLAYBOOK = os.path.join(REPO, ".venv", "bin", "ansible-playbook")
 ANSIBLE_PYTHON = os.path.join(REPO, ".venv", "bin", "python")
-COLLECTIONS = os.path.join(REPO, ".cache", "collections")  # ansible_collections/zoolocked/cron -> this checkout
 
 # kind: weight in the plan.
 FAULTS = collections.OrderedDict([
@@ -1153,6 +1152,11 @@ class Soak:
         os.makedirs(self.callbacks)
         with open(os.path.join(self.callbacks, "soak_times.py"), "w") as handle:
             handle.write(CALLBACK_SOURCE)
+        # ANSIBLE_COLLECTIONS_PATH in which zoolocked.cron is this checkout (a link of the run's own: a fresh clone
+        # has no .cache/collections before `make test-molecule`).
+        self.collections = os.path.join(self.folder, "collections")
+        os.makedirs(os.path.join(self.collections, "ansible_collections", "zoolocked"))
+        os.symlink(REPO, os.path.join(self.collections, "ansible_collections", "zoolocked", "cron"))
         self.inventory = os.path.join(self.folder, "inventory")
         with open(self.inventory, "w") as handle:
             handle.write("localhost ansible_connection=local ansible_python_interpreter=%s\n" % ANSIBLE_PYTHON)
@@ -1423,7 +1427,7 @@ class Soak:
                       handle, indent=1)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ZOO_LOCKED_", "ANSIBLE_"))}
         env.update({MARK_VAR: self.mark, "ZOO_LOCKED_HOLD_LOG": os.path.join(self.folder, "holders.log"),
-                    "SOAK_TASK_LOG": events, "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
+                    "SOAK_TASK_LOG": events, "ANSIBLE_COLLECTIONS_PATH": self.collections,
                     "ANSIBLE_CALLBACK_PLUGINS": self.callbacks, "ANSIBLE_CALLBACKS_ENABLED": "soak_times",
                     "ANSIBLE_LOCAL_TEMP": os.path.join(base, "tmp"), "ANSIBLE_REMOTE_TEMP": os.path.join(base, "tmp"),
                     "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0",
