@@ -191,8 +191,16 @@ class Session:
         connection = self.client._connection
         original = connection._connect
 
+        self.auth_refused = False
+
         def _connect(host, hostip, port):
-            read_timeout, connect_timeout = original(host, hostip, port)
+            try:
+                read_timeout, connect_timeout = original(host, hostip, port)
+            except AuthFailedError:
+                # Noted here, where it happens: kazoo's state goes AUTH_FAILED, then at once CLOSED when its
+                # connection thread ends, and start() may look only after that.
+                self.auth_refused = True
+                raise
             # kazoo sets read_timeout to 2/3 of the negotiated session timeout (in milliseconds). Each reconnect
             # negotiates again, with a server whose bounds may differ: the shortest value granted is the one
             # counted with, since the leader may enforce any of them.
@@ -245,7 +253,7 @@ class Session:
                 refused = True
             except Exception:  # no answer in time: "not connected" below
                 pass
-        if refused or self.client.client_state == KeeperState.AUTH_FAILED:
+        if refused or self.auth_refused or self.client.client_state == KeeperState.AUTH_FAILED:
             self.close(timeout=1.0)
             raise ZooAuthFailed("ZooKeeper (%s) refused the credentials (auth): check the user and password%s" % (
                 self.hosts, ", and that the servers have this user in their JAAS Server section (sasl)" if self.sasl
