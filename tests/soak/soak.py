@@ -1678,40 +1678,44 @@ class Soak:
                     self.ensemble.heal(sid)
         self.fault("cut-follower", "server %d" % sid, at)
 
-    def _fault_kill_server(self, params):
+    def _servers_down(self, pick, seconds, relaunch_all=False):
+        """Kill the servers ``pick(running)`` names (under the ensemble lock), keep them down ``seconds``, launch
+        them again (with ``relaunch_all``, every server then down); (sids, start), or (None, None) when pick says None."""
         with self.ens_lock:
-            running = [sid for sid in sorted(self.ensemble.peers) if sid not in self.down]
-            if not running:
-                return self.skipped("kill-server", "every server was down")
-            leader = self.ensemble.leader() if params.get("leader") else None
-            sid = leader if leader in running else self.rng.choice(running)
-            self.down.add(sid)
-            self.ensemble[sid].kill()
-        at = time.time()
-        try:
-            self.stop.wait(params["for"])
-        finally:
-            with self.ens_lock:
-                if sid in self.down:
-                    self.down.discard(sid)
-                    self.ensemble[sid].launch()
-        self.fault("kill-server", "server %d%s" % (sid, " (leader)" if sid == leader else ""), at)
-
-    def _fault_ensemble_down(self, params):
-        with self.ens_lock:
-            killed = [sid for sid in sorted(self.ensemble.peers) if sid not in self.down]
-            for sid in killed:
+            sids = pick([sid for sid in sorted(self.ensemble.peers) if sid not in self.down])
+            if sids is None:
+                return None, None
+            for sid in sids:
                 self.down.add(sid)
                 self.ensemble[sid].kill()
         at = time.time()
         try:
-            self.stop.wait(params["for"])
+            self.stop.wait(seconds)
         finally:
             with self.ens_lock:
-                for sid in sorted(self.ensemble.peers):
+                for sid in sorted(self.ensemble.peers) if relaunch_all else sids:
                     if sid in self.down:
                         self.down.discard(sid)
                         self.ensemble[sid].launch()
+        return sids, at
+
+    def _fault_kill_server(self, params):
+        leader = []
+
+        def pick(running):
+            if running:
+                leader.append(self.ensemble.leader() if params.get("leader") else None)
+                return [leader[0] if leader[0] in running else self.rng.choice(running)]
+            return None
+
+        sids, at = self._servers_down(pick, params["for"])
+        if sids is None:
+            return self.skipped("kill-server", "every server was down")
+        self.fault("kill-server", "server %d%s" % (sids[0], " (leader)" if sids[0] == leader[0] else ""), at)
+        return None
+
+    def _fault_ensemble_down(self, params):
+        killed, at = self._servers_down(list, params["for"], relaunch_all=True)
         self.fault("ensemble-down", "servers %s" % killed, at)
 
     def _fault_blip(self, params):
