@@ -947,6 +947,15 @@ class Node:
 # --- runners --------------------------------------------------------------------------------------------
 
 
+def _close_quietly(client):
+    """Stop and close a harness kazoo client; errors do not matter at that point."""
+    try:
+        client.stop()
+        client.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class RunnerProc:
     """One `zoo-locked run` on a node, its stderr read by the harness (unless the node's reader is stuck)."""
 
@@ -1360,11 +1369,7 @@ class Soak:
                     except Exception:  # noqa: BLE001 - ZooKeeper down or moving: next time
                         pass
         finally:
-            try:
-                client.stop()
-                client.close()
-            except Exception:  # noqa: BLE001
-                pass
+            _close_quietly(client)
 
     def _snapshot(self, client):
         from kazoo.exceptions import NoNodeError
@@ -1934,11 +1939,7 @@ class Soak:
         except Exception as exc:  # noqa: BLE001
             problems.append("harness: could not read the lock tree at the end: %s" % exc)
         finally:
-            try:
-                client.stop()
-                client.close()
-            except Exception:  # noqa: BLE001
-                pass
+            _close_quietly(client)
         records = {}
         for job, config in JOBS.items():
             if not config.get("slotted"):
